@@ -1,0 +1,1 @@
+"""The command center: wires the areas together and serves the HTTP API and the wall."""

@@ -1,0 +1,237 @@
+"""The HTTP API of CONTRACT.md (the part built so far: health, devices, readings, dead letters, tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from iot_gateway.domain.devices import device_problems
+from iot_gateway.domain.kinds import expected_interval_s, is_stale
+from iot_gateway.domain.validation import REASONS
+from kernel.clock import parse_time, to_iso
+from kernel.errors import DuplicateError, StoreError
+from kernel.model import Device, Sample, sample_to_dict
+
+from .auth import DEVICE_WRITERS, ROLES, Principal, Role
+from .city import DeviceSpec
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "frontend" / "static"
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    role: Role
+
+
+def _sample_json(sample: Sample) -> dict[str, Any]:
+    out = sample_to_dict(sample)
+    out["ts"] = to_iso(sample.ts_ms)
+    return out
+
+
+def _device_json(device: Device) -> dict[str, Any]:
+    return {
+        "id": device.id,
+        "kind": device.kind,
+        "name": device.name,
+        "lat": device.lat,
+        "lon": device.lon,
+        "grid_id": device.grid_id,
+        "attributes": device.attributes,
+    }
+
+
+def _bad(loc: tuple[str | int, ...], message: str, kind: str = "value_error") -> RequestValidationError:
+    return RequestValidationError([{"loc": loc, "msg": message, "type": kind}])
+
+
+def _time_param(name: str, raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        return parse_time(raw)
+    except ValueError as exc:
+        raise _bad(("query", name), f"{name} must be ISO-8601 with an offset or epoch milliseconds") from exc
+
+
+def build_app(runtime: Runtime) -> FastAPI:
+    """The FastAPI application over a started runtime."""
+    app = FastAPI(title="cityops command center", version="0.1.0")
+    clock = runtime.clock
+
+    async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        found = await asyncio.to_thread(runtime.tokens.lookup, authorization[7:].strip())
+        if found is None:
+            raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+        return found
+
+    def role_in(allowed: frozenset[str]) -> Callable[[Principal], Awaitable[Principal]]:
+        async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+            if who.role not in allowed:
+                raise HTTPException(403, f"role {who.role!r} may not do this")
+            return who
+
+        return check
+
+    anyone = Depends(principal)
+    device_writer = Depends(role_in(DEVICE_WRITERS))
+    admin_only = Depends(role_in(frozenset({"admin"})))
+    api = APIRouter(prefix="/api")
+
+    @app.exception_handler(StoreError)
+    async def _store_down(_request: Request, exc: StoreError) -> JSONResponse:
+        log.error("store error answering a request: %s", exc)
+        return JSONResponse({"detail": f"a backing store failed: {exc}"}, status_code=503)
+
+    @api.get("/health")
+    async def health() -> dict[str, Any]:
+        components: dict[str, Any] = {}
+        degraded = False
+        ingress = runtime.ingress
+        if ingress is not None:
+            components["mqtt"] = {"state": "connected" if ingress.connected else "disconnected",
+                                  "last_error": ingress.last_error}
+            degraded |= not ingress.connected
+        try:
+            await runtime.live.ping()
+            components["live_state"] = {"state": "up"}
+        except StoreError as exc:
+            components["live_state"] = {"state": "down", "error": str(exc)}
+            degraded = True
+        series = runtime.series.stats()
+        components["time_series"] = series
+        degraded |= series.get("state") == "down"
+        try:
+            await asyncio.to_thread(runtime.records_ok)
+            counts = await asyncio.to_thread(runtime.dead_letters.counts)
+            components["records"] = {"state": "up"}
+        except Exception as exc:  # noqa: BLE001 - any failure here is "records down", reported, not raised
+            components["records"] = {"state": "down", "error": str(exc)}
+            counts = dict(runtime.gateway.dead_counts)
+            degraded = True
+        components["gateway"] = runtime.gateway.stats()
+        return {
+            "status": "degraded" if degraded else "ok",
+            "components": components,
+            "dead_letters": {reason: counts.get(reason, 0) for reason in REASONS},
+        }
+
+    @api.post("/tokens", status_code=201, dependencies=[admin_only])
+    async def issue_token(body: TokenRequest) -> dict[str, str]:
+        token = await asyncio.to_thread(runtime.tokens.issue, body.name, body.role, clock.now_ms())
+        return {"name": body.name, "role": body.role, "token": token}
+
+    @api.post("/devices", status_code=201, dependencies=[device_writer])
+    async def register_device(spec: DeviceSpec) -> dict[str, Any]:
+        problems = device_problems(spec.kind, spec.attributes)
+        if problems:
+            raise RequestValidationError(
+                [{"loc": ("body", "attributes", *loc), "msg": msg, "type": "value_error"} for loc, msg in problems]
+            )
+        device = spec.to_device()
+        try:
+            await asyncio.to_thread(runtime.devices.add, device)
+        except DuplicateError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        runtime.gateway.note_device(device)
+        return _device_json(device)
+
+    @api.get("/devices", dependencies=[anyone])
+    async def list_devices(
+        kind: Annotated[str | None, Query(pattern="^(water_level|smoke|gas|vehicle)$")] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> list[dict[str, Any]]:
+        found = await asyncio.to_thread(runtime.devices.list, kind, limit, offset)
+        return [_device_json(d) for d in found]
+
+    async def _device_or_404(device_id: str) -> Device:
+        device = await asyncio.to_thread(runtime.devices.get, device_id)
+        if device is None:
+            raise HTTPException(404, f"no device {device_id!r}")
+        return device
+
+    @api.get("/devices/{device_id}", dependencies=[anyone])
+    async def get_device(device_id: str) -> dict[str, Any]:
+        device = await _device_or_404(device_id)
+        entry = await runtime.live.get(device_id)
+        latest = entry.sample
+        if latest is None:
+            # After a restart the in-memory live state is empty; the history still knows.
+            latest = await runtime.series.latest(device_id, device.kind)
+        interval = expected_interval_s(device.kind, device.attributes)
+        out = _device_json(device)
+        out["latest"] = None if latest is None else _sample_json(latest)
+        out["stale"] = is_stale(None if latest is None else latest.ts_ms, interval, clock.now_ms())
+        out["expected_interval_s"] = interval
+        out["status"] = None if entry.status is None else entry.status.status
+        return out
+
+    @api.get("/devices/{device_id}/readings", dependencies=[anyone])
+    async def readings(
+        device_id: str,
+        start: str | None = None,
+        end: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    ) -> list[dict[str, Any]]:
+        device = await _device_or_404(device_id)
+        now = clock.now_ms()
+        end_ms = _time_param("end", end, now + 300_000)
+        start_ms = _time_param("start", start, end_ms - 24 * 3600 * 1000)
+        if start_ms > end_ms:
+            raise _bad(("query", "start"), "start must not be after end")
+        samples = await runtime.series.read(device_id, device.kind, start_ms, end_ms, limit)
+        return [_sample_json(s) for s in samples]
+
+    @api.get("/dead-letters", dependencies=[device_writer])
+    async def dead_letters(
+        reason: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[dict[str, Any]]:
+        letters = await asyncio.to_thread(runtime.dead_letters.recent, limit, reason)
+        return [
+            {
+                "topic": d.topic,
+                "payload": d.payload.decode("utf-8", errors="replace"),
+                "reason": d.reason,
+                "detail": d.detail,
+                "received_at": to_iso(d.received_at_ms),
+            }
+            for d in letters
+        ]
+
+    @api.post("/demo/scenarios/{name}", dependencies=[device_writer])
+    async def trigger_scenario(name: str) -> dict[str, Any]:
+        simulator = runtime.extras.get("simulator")
+        if simulator is None:
+            raise HTTPException(404, "the demo simulator is not running (start with --demo)")
+        try:
+            device_id = simulator.trigger(name)
+        except ValueError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        return {"scenario": name, "device_id": device_id}
+
+    app.include_router(api)
+
+    @app.get("/", include_in_schema=False)
+    async def wall() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.state.runtime = runtime
+    app.state.roles = ROLES
+    return app

@@ -1,0 +1,116 @@
+"""City config files: departments, grids, devices, communities, vehicle routes, forbidden zones.
+
+The demo city (Haikou-like, from the figures in DOMAIN.md) ships as demo/haikou.yaml in the same format.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from iot_gateway.domain.devices import DEVICE_ID_PATTERN, device_problems
+from kernel.errors import ConfigError
+from kernel.model import Device
+from kernel.settings import read_config_file
+
+LatLon = tuple[float, float]
+
+
+class DeviceSpec(BaseModel):
+    """A device as a config file or the API gives it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=DEVICE_ID_PATTERN)
+    kind: Literal["water_level", "smoke", "gas", "vehicle"]
+    name: str = Field(min_length=1, max_length=200)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    grid_id: str | None = Field(default=None, max_length=64)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    def to_device(self) -> Device:
+        return Device(self.id, self.kind, self.name, self.lat, self.lon, self.grid_id, dict(self.attributes))
+
+
+class Community(BaseModel):
+    """A smart community: each building gets a smoke and a gas detector."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=DEVICE_ID_PATTERN)
+    name: str
+    lat: float
+    lon: float
+    buildings: int = Field(ge=1, le=500)
+    grid_id: str | None = None
+
+
+class Department(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    name: str
+    categories: list[str] = Field(default_factory=list)
+
+
+class Zone(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    name: str
+    polygon: list[LatLon] = Field(min_length=3)
+
+
+class City(BaseModel):
+    """A whole city config file (the `settings:` section is read by kernel.settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "city"
+    settings: dict[str, Any] = Field(default_factory=dict)
+    departments: list[Department] = Field(default_factory=list)
+    grids: dict[str, Any] = Field(default_factory=lambda: {"type": "FeatureCollection", "features": []})
+    devices: list[DeviceSpec] = Field(default_factory=list)
+    communities: list[Community] = Field(default_factory=list)
+    routes: dict[str, list[LatLon]] = Field(default_factory=dict)
+    forbidden_zones: list[Zone] = Field(default_factory=list)
+
+    @field_validator("devices")
+    @classmethod
+    def _kind_rules(cls, specs: list[DeviceSpec]) -> list[DeviceSpec]:
+        for spec in specs:
+            problems = device_problems(spec.kind, spec.attributes)
+            if problems:
+                loc, message = problems[0]
+                raise ValueError(f"device {spec.id}: attributes.{'.'.join(loc)}: {message}")
+        return specs
+
+    def all_devices(self) -> list[Device]:
+        """Listed devices plus the detectors of each community's buildings."""
+        out = [spec.to_device() for spec in self.devices]
+        for community in self.communities:
+            for n in range(1, community.buildings + 1):
+                # Buildings on a small grid around the community centre, ~40 m apart.
+                row, col = divmod(n - 1, 5)
+                lat = community.lat + row * 0.00036
+                lon = community.lon + col * 0.00038 / math.cos(math.radians(community.lat))
+                building = f"{community.name} {n}号楼"
+                extra = {"community_id": community.id, "building": n}
+                out.append(Device(f"smoke-{community.id}-b{n}", "smoke", f"{building} 烟感", lat, lon,
+                                  community.grid_id, dict(extra)))
+                out.append(Device(f"gas-{community.id}-b{n}", "gas", f"{building} 燃气", lat, lon,
+                                  community.grid_id, dict(extra)))
+        return out
+
+
+def load_city(path: Path) -> City:
+    """Read and check a city config file."""
+    try:
+        return City.model_validate(read_config_file(path))
+    except ValidationError as exc:
+        raise ConfigError(f"city config {path} is wrong: {exc}") from exc
+
+
+def demo_city_path() -> Path:
+    """The packaged demo city."""
+    return Path(__file__).parent / "demo" / "haikou.yaml"

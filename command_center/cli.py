@@ -1,0 +1,144 @@
+"""The `cityops` command: run, gateway, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from kernel.clock import SystemClock
+from kernel.errors import CityOpsError
+from kernel.settings import Settings, load_settings
+
+from .city import demo_city_path, load_city
+from .runtime import mqtt_target, start_runtime, stop_runtime
+from .simulator import SCENARIOS, CitySimulation, SimulatorThread
+
+log = logging.getLogger("cityops")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cityops", description="City operations command center")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start the command center (embedded default unless server URLs are set)")
+    run.add_argument("--demo", action="store_true", default=None, help="load the demo city and simulate it")
+    run.add_argument("--config", type=Path, help="city config file (YAML)")
+    run.add_argument("--data-dir", type=Path)
+    run.add_argument("--http-host")
+    run.add_argument("--http-port", type=int)
+    run.add_argument("--mqtt-port", type=int)
+
+    gw = sub.add_parser("gateway", help="run only the MQTT gateway (a production process)")
+    gw.add_argument("--config", type=Path)
+    gw.add_argument("--data-dir", type=Path)
+
+    sim = sub.add_parser("simulate", help="publish a simulated city to an MQTT broker")
+    sim.add_argument("--mqtt-url", required=True, help="mqtt://host:port")
+    sim.add_argument("--rate", type=float, default=20.0, help="messages per second (default 20)")
+    sim.add_argument("--config", type=Path, help="city config (default: the demo city)")
+    sim.add_argument("--scenario", action="append", choices=SCENARIOS, default=[], help="trigger at start")
+    sim.add_argument("--duration", type=float, help="seconds to run (default: until stopped)")
+    sim.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    return parser
+
+
+def _quiet_signals() -> None:
+    # uvicorn re-raises the signal it caught once it has shut down; with these in place that
+    # re-raise is harmless, so our own shutdown (flushing the gateway) runs to the end.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+
+
+async def _serve(settings: Settings) -> None:
+    runtime = await start_runtime(settings, SystemClock())
+    simulator: SimulatorThread | None = None
+    if settings.demo and runtime.city is not None:
+        simulator = SimulatorThread(CitySimulation(runtime.city), runtime.mqtt_target(), settings.simulate_rate)
+        simulator.start()
+        runtime.extras["simulator"] = simulator
+    from .api import build_app  # the API pulls in FastAPI; only `run` needs it
+
+    app = build_app(runtime)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.http_host, port=settings.http_port, lifespan="off", log_level="info")
+    )
+    log.info("wall on http://%s:%d/  admin token in %s", settings.http_host, settings.http_port,
+             settings.data_dir / "admin.token")
+    _quiet_signals()
+    try:
+        await server.serve()
+    finally:
+        if simulator is not None:
+            await asyncio.to_thread(simulator.stop)
+        await stop_runtime(runtime)
+        log.info("stopped cleanly")
+
+
+async def _gateway_only(settings: Settings) -> None:
+    runtime = await start_runtime(settings, SystemClock())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await stop_runtime(runtime)
+        log.info("gateway stopped cleanly: %s", runtime.gateway.stats())
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    settings = load_settings(None, mqtt_url=args.mqtt_url)
+    city = load_city(args.config or demo_city_path())
+    simulation = CitySimulation(city)
+    thread = SimulatorThread(simulation, mqtt_target(settings, 1883), args.rate, qos=args.qos)
+    thread.start()
+    for scenario in args.scenario:
+        log.info("scenario %s on %s", scenario, thread.trigger(scenario))
+    stopping = {"now": False}
+
+    def _stop(*_: Any) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    while not stopping["now"] and (deadline is None or time.monotonic() < deadline):
+        time.sleep(0.1)
+    thread.stop()
+    log.info("published %d messages", thread.published)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `cityops` command."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "simulate":
+            _simulate(args)
+            return 0
+        settings = load_settings(
+            args.config,
+            data_dir=args.data_dir,
+            demo=getattr(args, "demo", None),
+            http_host=getattr(args, "http_host", None),
+            http_port=getattr(args, "http_port", None),
+            mqtt_port=getattr(args, "mqtt_port", None),
+        )
+        asyncio.run(_serve(settings) if args.command == "run" else _gateway_only(settings))
+    except CityOpsError as exc:
+        print(f"cityops: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Build the command center's parts from the settings, start them in order, stop them in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from iot_gateway.adapters.broker_amqtt import EmbeddedBroker
+from iot_gateway.adapters.live_memory import MemoryLive
+from iot_gateway.adapters.live_redis import RedisLive
+from iot_gateway.adapters.mqtt_paho import MqttTarget, PahoIngress, parse_mqtt_url, subscription_topics
+from iot_gateway.adapters.records_sql import SqlDeadLetters, SqlDevices
+from iot_gateway.adapters.series_influx import InfluxSeries
+from iot_gateway.adapters.series_sqlite import SqliteSeries
+from iot_gateway.gateway import Gateway, GatewayOptions
+from kernel.bus import MemoryBus
+from kernel.clock import Clock
+from kernel.db import database_url, make_engine
+from kernel.ports import Bus, LiveState, TimeSeries
+from kernel.settings import Settings
+
+from .auth import TokenStore
+from .city import City, demo_city_path, load_city
+
+log = logging.getLogger(__name__)
+
+
+def mqtt_target(settings: Settings, embedded_port: int) -> MqttTarget:
+    """The broker the gateway and the simulator talk to."""
+    if settings.mqtt_url:
+        return parse_mqtt_url(settings.mqtt_url)
+    return MqttTarget("127.0.0.1", embedded_port)
+
+
+def make_live(settings: Settings) -> LiveState:
+    return RedisLive(settings.redis_url) if settings.redis_url else MemoryLive()
+
+
+def make_series(settings: Settings) -> TimeSeries:
+    if settings.influx_url:
+        return InfluxSeries(
+            settings.influx_url,
+            settings.influx_database,
+            buffer_max=settings.influx_buffer_max,
+            batch_size=settings.influx_batch_size,
+        )
+    return SqliteSeries(settings.data_dir / "series.sqlite")
+
+
+@dataclass
+class Runtime:
+    """Every long-lived part of one cityops process."""
+
+    settings: Settings
+    clock: Clock
+    engine: Engine
+    devices: SqlDevices
+    dead_letters: SqlDeadLetters
+    tokens: TokenStore
+    bus: Bus
+    live: LiveState
+    series: TimeSeries
+    gateway: Gateway
+    city: City | None = None
+    broker: EmbeddedBroker | None = None
+    ingress: PahoIngress | None = None
+    admin_token: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def mqtt_target(self) -> MqttTarget:
+        port = self.broker.port if self.broker else self.settings.mqtt_port
+        return mqtt_target(self.settings, port)
+
+    def records_ok(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+
+def _city(settings: Settings) -> City | None:
+    if settings.config_file is not None:
+        return load_city(settings.config_file)
+    if settings.demo:
+        return load_city(demo_city_path())
+    return None
+
+
+async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True) -> Runtime:
+    """Open stores, load the city, start the broker (embedded) and the gateway."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(database_url(settings.database_url, settings.data_dir))
+    devices, dead, tokens = SqlDevices(engine), SqlDeadLetters(engine), TokenStore(engine)
+    for store in (devices, dead, tokens):
+        await asyncio.to_thread(store.create_schema)
+    admin_secret = settings.admin_token.get_secret_value() if settings.admin_token else None
+    admin = await asyncio.to_thread(
+        tokens.ensure_admin, settings.data_dir / "admin.token", admin_secret, clock.now_ms()
+    )
+    city = _city(settings)
+    if city is not None:
+        for device in city.all_devices():
+            await asyncio.to_thread(devices.upsert, device)
+    bus = MemoryBus()
+    live = make_live(settings)
+    series = make_series(settings)
+    gateway = Gateway(
+        devices=devices,
+        dead_letters=dead,
+        live=live,
+        series=series,
+        bus=bus,
+        clock=clock,
+        options=GatewayOptions(
+            batch_max=settings.ingest_batch_max,
+            flush_interval_s=settings.ingest_flush_interval_s,
+            pending_max=settings.ingest_pending_max,
+        ),
+    )
+    runtime = Runtime(settings, clock, engine, devices, dead, tokens, bus, live, series, gateway, city)
+    runtime.admin_token = admin
+    if not ingest:
+        return runtime
+    if settings.embedded_broker:
+        runtime.broker = EmbeddedBroker("127.0.0.1", settings.mqtt_port)
+        await runtime.broker.start()
+    await gateway.start()
+    runtime.ingress = PahoIngress(
+        runtime.mqtt_target(),
+        settings.mqtt_client_id,
+        subscription_topics(settings.mqtt_shared_group),
+        gateway.handle,
+    )
+    runtime.ingress.start()
+    if not await asyncio.to_thread(runtime.ingress.wait_subscribed, 10.0):
+        log.warning("MQTT broker not reached within 10 s; the gateway keeps trying")
+    return runtime
+
+
+async def stop_runtime(runtime: Runtime) -> None:
+    """Stop in reverse order; what the gateway acknowledged is written before the stores close."""
+    if runtime.ingress is not None:
+        await asyncio.to_thread(runtime.ingress.stop)
+    await runtime.gateway.stop()
+    if runtime.broker is not None:
+        await runtime.broker.stop()
+    await runtime.series.close()
+    await runtime.live.close()
+    await runtime.bus.close()
+    runtime.engine.dispose()

@@ -1,0 +1,1 @@
+"""The wall display (static files served by the command center)."""

@@ -1,0 +1,1 @@
+"""The MQTT gateway: sensors and vehicles in, checked, kept as live state and history, on the bus."""

@@ -1,0 +1,1 @@
+"""Adapters of the gateway's ports to their backends."""

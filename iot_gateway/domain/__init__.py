@@ -1,0 +1,1 @@
+"""Pure domain code of the gateway: no I/O, no clock reads."""

@@ -1,0 +1,134 @@
+"""Event and record types shared by the areas. Frozen dataclasses, no behaviour beyond shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SensorKind = Literal["water_level", "smoke", "gas"]
+DeviceKind = Literal["water_level", "smoke", "gas", "vehicle"]
+SENSOR_KINDS: tuple[SensorKind, ...] = ("water_level", "smoke", "gas")
+DEVICE_KINDS: tuple[DeviceKind, ...] = ("water_level", "smoke", "gas", "vehicle")
+UNITS: dict[str, str] = {"water_level": "m", "smoke": "%/m", "gas": "%LEL"}
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A registered device: a sensor or a vehicle."""
+
+    id: str
+    kind: DeviceKind
+    name: str
+    lat: float
+    lon: float
+    grid_id: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One accepted sensor reading."""
+
+    device_id: str
+    kind: SensorKind
+    ts_ms: int
+    value: float
+    battery_pct: float | None = None
+    alarm: bool | None = None
+
+    @property
+    def unit(self) -> str:
+        return UNITS[self.kind]
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One accepted vehicle GPS fix (WGS-84)."""
+
+    device_id: str
+    ts_ms: int
+    lat: float
+    lon: float
+    speed_kmh: float | None = None
+    heading_deg: float | None = None
+    kind: Literal["vehicle"] = "vehicle"
+
+
+Sample = Reading | Position
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """A device said it is online or offline (or its last will said so)."""
+
+    device_id: str
+    status: Literal["online", "offline"]
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the gateway refused, kept with why."""
+
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+    received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceChanged:
+    """A device was registered or changed (for caches in other processes and the wall)."""
+
+    device: Device
+
+
+def sample_to_dict(sample: Sample) -> dict[str, Any]:
+    """The JSON shape of a sample, as the API and the wall show it."""
+    if isinstance(sample, Reading):
+        out: dict[str, Any] = {
+            "device_id": sample.device_id,
+            "kind": sample.kind,
+            "ts_ms": sample.ts_ms,
+            "value": sample.value,
+            "unit": sample.unit,
+        }
+        if sample.battery_pct is not None:
+            out["battery_pct"] = sample.battery_pct
+        if sample.alarm is not None:
+            out["alarm"] = sample.alarm
+        return out
+    pos: dict[str, Any] = {
+        "device_id": sample.device_id,
+        "kind": "vehicle",
+        "ts_ms": sample.ts_ms,
+        "lat": sample.lat,
+        "lon": sample.lon,
+    }
+    if sample.speed_kmh is not None:
+        pos["speed_kmh"] = sample.speed_kmh
+    if sample.heading_deg is not None:
+        pos["heading_deg"] = sample.heading_deg
+    return pos
+
+
+def sample_from_dict(data: dict[str, Any]) -> Sample:
+    """Inverse of sample_to_dict."""
+    if data["kind"] == "vehicle":
+        return Position(
+            device_id=data["device_id"],
+            ts_ms=int(data["ts_ms"]),
+            lat=float(data["lat"]),
+            lon=float(data["lon"]),
+            speed_kmh=data.get("speed_kmh"),
+            heading_deg=data.get("heading_deg"),
+        )
+    return Reading(
+        device_id=data["device_id"],
+        kind=data["kind"],
+        ts_ms=int(data["ts_ms"]),
+        value=float(data["value"]),
+        battery_pct=data.get("battery_pct"),
+        alarm=data.get("alarm"),
+    )

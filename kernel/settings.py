@@ -1,0 +1,126 @@
+"""One settings model, built once in main() and passed down.
+
+Precedence: command-line options, then CITYOPS_* environment variables, then the `settings:`
+section of the city config file, then the defaults below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from kernel.errors import ConfigError
+
+# Passwords that ship in examples; production must not run with them.
+DEFAULT_SECRETS = frozenset({"change-me", "changeme", "password", "postgres", "cityops", "admin", "secret"})
+
+
+class Settings(BaseSettings):
+    """Everything a cityops process can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYOPS_", extra="forbid")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("./data")
+    config_file: Path | None = None
+    demo: bool = False
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+
+    # Embedded broker port; unused when mqtt_url is set.
+    mqtt_port: int = Field(default=1883, ge=0, le=65535)
+    mqtt_url: str | None = None
+    mqtt_client_id: str = "cityops-gateway"
+    # When set, the gateway subscribes through $share/<group>/... so several processes split the load.
+    mqtt_shared_group: str | None = None
+
+    redis_url: str | None = None
+    influx_url: str | None = None
+    influx_database: str = "cityops"
+    database_url: str | None = None
+
+    admin_token: SecretStr | None = None
+
+    # Gateway batching: readings are written to live state and the time series in batches.
+    ingest_batch_max: int = Field(default=5000, ge=1)
+    ingest_flush_interval_s: float = Field(default=0.05, gt=0)
+    # Readings held in memory before the MQTT thread waits (backpressure onto the broker).
+    ingest_pending_max: int = Field(default=200_000, ge=100)
+    # Lines InfluxDB writes may hold while InfluxDB is down; beyond that the oldest are dropped and counted.
+    influx_buffer_max: int = Field(default=500_000, ge=100)
+    influx_batch_size: int = Field(default=5000, ge=1)
+
+    simulate_rate: float = Field(default=20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.environment != "production":
+            return self
+        if not self.database_url:
+            raise ValueError("production needs CITYOPS_DATABASE_URL (PostgreSQL); SQLite is the embedded default")
+        for name in ("database_url", "redis_url", "influx_url", "mqtt_url"):
+            url = getattr(self, name)
+            if url and (urlsplit(url).password or "") in DEFAULT_SECRETS:
+                raise ValueError(f"{name} uses a default password; set a real secret in production")
+        if self.admin_token is not None and (
+            self.admin_token.get_secret_value() in DEFAULT_SECRETS or len(self.admin_token.get_secret_value()) < 24
+        ):
+            raise ValueError("admin_token is a default or shorter than 24 characters")
+        return self
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.mqtt_url is None
+
+
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """The whole city config file as a mapping (empty when there is none)."""
+    if path is None:
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at its top")
+    return loaded
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: options given here, then environment, then the config file."""
+    section = read_config_file(config_file).get("settings") or {}
+    if not isinstance(section, dict):
+        raise ConfigError("the config file's `settings` must be a mapping")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is not None:
+        given["config_file"] = config_file
+
+    class _Layered(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (
+                InitSettingsSource(settings_cls, init_kwargs=given),
+                env_settings,
+                InitSettingsSource(settings_cls, init_kwargs=section),
+            )
+
+    try:
+        layered = _Layered()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return Settings.model_construct(**dict(layered))
