@@ -14,6 +14,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+_CLOSED = object()
+
+
 class MemorySubscription:
     """One subscriber's queue."""
 
@@ -22,7 +25,7 @@ class MemorySubscription:
         self.topic = topic
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=maxsize)
         self.dropped = 0
-        self._closed = asyncio.Event()
+        self.closed = False
 
     def offer(self, event: Any) -> None:
         if self.queue.full():
@@ -31,20 +34,19 @@ class MemorySubscription:
         self.queue.put_nowait(event)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
-        while not self._closed.is_set():
-            getter = asyncio.ensure_future(self.queue.get())
-            closer = asyncio.ensure_future(self._closed.wait())
-            done, _ = await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                closer.cancel()
-                yield getter.result()
-            else:
-                getter.cancel()
+        while True:
+            event = await self.queue.get()
+            if event is _CLOSED:
                 return
+            yield event
 
     async def close(self) -> None:
-        self._closed.set()
+        if self.closed:
+            return
+        self.closed = True
         self._bus._unsubscribe(self)
+        # The sentinel ends a waiting iteration; it may push out one event nobody will read.
+        self.offer(_CLOSED)
 
 
 class MemoryBus:

@@ -1,0 +1,85 @@
+"""One contract for the records ports on SQLite (embedded) and PostgreSQL (production)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from iot_gateway.adapters.records_sql import SqlDeadLetters, SqlDevices
+from kernel.db import database_url, make_engine
+from kernel.errors import DuplicateError
+from kernel.model import DeadLetter, Device
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    configured = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    eng = make_engine(database_url(configured, tmp_path))
+    assert eng.dialect.name == request.param
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def devices(engine: Engine) -> SqlDevices:
+    store = SqlDevices(engine)
+    store.create_schema()
+    return store
+
+
+GAUGE = Device("res-1", "water_level", "铁炉水库水位", 19.93, 110.25, "g-1",
+               {"warning_level_m": 25.5, "danger_level_m": 26.8})
+
+
+def test_add_get_and_list(devices: SqlDevices) -> None:
+    truck = Device("veh-1", "vehicle", "危化品运输车", 20.0, 110.3, None, {"plate": "琼A·1", "category": "hazmat"})
+    devices.add(GAUGE)
+    devices.add(truck)
+    assert devices.get("res-1") == GAUGE
+    assert devices.get("nope") is None
+    assert devices.list() == [GAUGE, truck]
+    assert devices.list(kind="vehicle") == [truck]
+    assert devices.list(limit=1, offset=1) == [truck]
+    assert devices.kinds() == {"res-1": "water_level", "veh-1": "vehicle"}
+    assert devices.count() == 2
+
+
+def test_a_taken_id_is_refused(devices: SqlDevices) -> None:
+    devices.add(GAUGE)
+    with pytest.raises(DuplicateError):
+        devices.add(GAUGE)
+    with pytest.raises(DuplicateError):
+        devices.add_many([Device("new", "gas", "n", 0, 0), GAUGE])
+    assert devices.count() == 1  # the batch is all or nothing
+
+
+def test_upsert_changes_in_place(devices: SqlDevices) -> None:
+    devices.upsert(GAUGE)
+    moved = Device("res-1", "water_level", "renamed", 1.0, 2.0, None, {"warning_level_m": 1, "danger_level_m": 2})
+    devices.upsert(moved)
+    assert devices.get("res-1") == moved
+    assert devices.count() == 1
+
+
+def test_add_many(devices: SqlDevices) -> None:
+    devices.add_many([Device(f"gas-{i}", "gas", f"g{i}", 20.0, 110.0) for i in range(500)])
+    assert devices.count() == 500
+
+
+def test_dead_letters_keep_payload_and_count_by_reason(engine: Engine) -> None:
+    store = SqlDeadLetters(engine)
+    store.create_schema()
+    binary = bytes(range(256))
+    store.add_many([
+        DeadLetter("city/sensors/gas/x", binary, "unknown_device", "device 'x' is not registered", 1),
+        DeadLetter("city/sensors/gas/y", b"{", "bad_json", "payload is not JSON", 2),
+        DeadLetter("city/sensors/gas/z", b"{", "bad_json", "payload is not JSON", 3),
+    ])
+    assert store.counts() == {"unknown_device": 1, "bad_json": 2}
+    newest = store.recent(limit=10)
+    assert [d.received_at_ms for d in newest] == [3, 2, 1]
+    assert newest[-1].payload == binary
+    assert [d.topic for d in store.recent(reason="unknown_device")] == ["city/sensors/gas/x"]
