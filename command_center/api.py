@@ -81,7 +81,9 @@ def build_app(runtime: Runtime) -> FastAPI:
         return found
 
     def role_in(allowed: frozenset[str]) -> Callable[[Principal], Awaitable[Principal]]:
-        async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        # A plain default, not Annotated: `principal` is local, and postponed annotations
+        # are resolved against module globals.
+        async def check(who: Principal = Depends(principal)) -> Principal:  # noqa: B008
             if who.role not in allowed:
                 raise HTTPException(403, f"role {who.role!r} may not do this")
             return who
