@@ -1,0 +1,91 @@
+"""Mosquitto specifics: the persistent session across gateway restarts, and shared subscriptions."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from command_center.api import build_app
+from command_center.runtime import start_runtime, stop_runtime
+from kernel.clock import SystemClock
+from tests.helpers import Publisher, eventually
+
+from .conftest import production_settings
+
+GAUGE = {"id": "res-1", "kind": "water_level", "name": "水位", "lat": 19.93, "lon": 110.25,
+         "attributes": {"warning_level_m": 25.5, "danger_level_m": 26.8}}
+
+
+async def _readings(runtime_app: httpx.AsyncClient) -> list[float]:
+    answer = await runtime_app.get("/api/devices/res-1/readings")
+    return [r["value"] for r in answer.json()]
+
+
+async def test_readings_published_while_the_gateway_restarts_are_not_lost(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-restart")
+    first = await start_runtime(settings, SystemClock())
+    await httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(first)), base_url="http://x",
+                            headers={"Authorization": f"Bearer {first.admin_token}"}).post("/api/devices", json=GAUGE)
+    target = first.mqtt_target()
+    await stop_runtime(first)
+
+    sensor = Publisher(target.host, target.port)
+    start = int(time.time() * 1000) - 60_000
+    for i in range(50):  # the gateway is away: Mosquitto keeps these for its persistent session
+        await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": start + i, "value": 20 + i / 100}))
+    sensor.close()
+
+    second = await start_runtime(settings, SystemClock())
+    try:
+        headers = {"Authorization": f"Bearer {second.admin_token}"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(second)), base_url="http://x",
+                                     headers=headers) as api:
+
+            async def all_fifty() -> list[float]:
+                values = await _readings(api)
+                return values if len(values) == 50 else []
+
+            values = await eventually(all_fifty)
+        assert values == [20 + i / 100 for i in range(50)]
+    finally:
+        await stop_runtime(second)
+
+
+async def test_two_gateways_in_a_shared_group_split_the_load_and_store_everything_once(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    base = production_settings(request, tmp_path / "a", mqtt_client_id="gw-a", mqtt_shared_group="cityops")
+    other = base.model_copy(update={"mqtt_client_id": "gw-b", "data_dir": tmp_path / "b"})
+    a = await start_runtime(base, SystemClock())
+    b = await start_runtime(other, SystemClock())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(a)), base_url="http://x",
+                                     headers={"Authorization": f"Bearer {a.admin_token}"}) as api:
+            assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
+            b.gateway.note_device(a.devices.get("res-1"))  # type: ignore[arg-type] - registered just above
+            target = a.mqtt_target()
+            sensor = Publisher(target.host, target.port)
+            start = int(time.time() * 1000) - 60_000
+            for i in range(200):
+                sensor.client.publish("city/sensors/water_level/res-1",
+                                      json.dumps({"ts": start + i, "value": 20.0}), qos=1)
+            await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": start + 200, "value": 20.0}))
+            sensor.close()
+
+            async def all_stored() -> bool:
+                return len(await _readings(api)) == 201
+
+            await eventually(all_stored)
+        got_a, got_b = a.gateway.stats()["accepted"], b.gateway.stats()["accepted"]
+        assert got_a + got_b == 201
+        assert got_a > 0
+        assert got_b > 0
+    finally:
+        await stop_runtime(a)
+        await stop_runtime(b)
