@@ -106,8 +106,10 @@ def build_app(runtime: Runtime) -> FastAPI:
         degraded = False
         ingress = runtime.ingress
         if ingress is not None:
-            components["mqtt"] = {"state": "connected" if ingress.connected else "disconnected",
-                                  "last_error": ingress.last_error}
+            components["mqtt"] = {
+                "state": "connected" if ingress.connected else "disconnected",
+                "last_error": ingress.last_error,
+            }
             degraded |= not ingress.connected
         try:
             await runtime.live.ping()
@@ -143,7 +145,10 @@ def build_app(runtime: Runtime) -> FastAPI:
         problems = device_problems(spec.kind, spec.attributes)
         if problems:
             raise RequestValidationError(
-                [{"loc": ("body", "attributes", *loc), "msg": msg, "type": "value_error"} for loc, msg in problems]
+                [
+                    {"loc": ("body", "attributes", *loc), "msg": msg, "type": "value_error"}
+                    for loc, msg in problems
+                ]
             )
         device = spec.to_device()
         try:

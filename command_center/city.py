@@ -96,10 +96,28 @@ class City(BaseModel):
                 lon = community.lon + col * 0.00038 / math.cos(math.radians(community.lat))
                 building = f"{community.name} {n}号楼"
                 extra = {"community_id": community.id, "building": n}
-                out.append(Device(f"smoke-{community.id}-b{n}", "smoke", f"{building} 烟感", lat, lon,
-                                  community.grid_id, dict(extra)))
-                out.append(Device(f"gas-{community.id}-b{n}", "gas", f"{building} 燃气", lat, lon,
-                                  community.grid_id, dict(extra)))
+                out.append(
+                    Device(
+                        f"smoke-{community.id}-b{n}",
+                        "smoke",
+                        f"{building} 烟感",
+                        lat,
+                        lon,
+                        community.grid_id,
+                        dict(extra),
+                    )
+                )
+                out.append(
+                    Device(
+                        f"gas-{community.id}-b{n}",
+                        "gas",
+                        f"{building} 燃气",
+                        lat,
+                        lon,
+                        community.grid_id,
+                        dict(extra),
+                    )
+                )
         return out
 
 

@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--http-port", type=int)
     run.add_argument("--mqtt-port", type=int)
 
+    api = sub.add_parser("api", help="run only the HTTP API and wall (a production process)")
+    api.add_argument("--config", type=Path)
+    api.add_argument("--data-dir", type=Path)
+    api.add_argument("--http-host")
+    api.add_argument("--http-port", type=int)
+
     gw = sub.add_parser("gateway", help="run only the MQTT gateway (a production process)")
     gw.add_argument("--config", type=Path)
     gw.add_argument("--data-dir", type=Path)
@@ -57,21 +63,29 @@ def _quiet_signals() -> None:
         signal.signal(sig, lambda *_: None)
 
 
-async def _serve(settings: Settings) -> None:
-    runtime = await start_runtime(settings, SystemClock())
+async def _serve(settings: Settings, *, ingest: bool = True) -> None:
+    runtime = await start_runtime(settings, SystemClock(), ingest=ingest)
     simulator: SimulatorThread | None = None
-    if settings.demo and runtime.city is not None:
-        simulator = SimulatorThread(CitySimulation(runtime.city), runtime.mqtt_target(), settings.simulate_rate)
+    if settings.demo and runtime.city is not None and ingest:
+        simulator = SimulatorThread(
+            CitySimulation(runtime.city), runtime.mqtt_target(), settings.simulate_rate
+        )
         simulator.start()
         runtime.extras["simulator"] = simulator
     from .api import build_app  # the API pulls in FastAPI; only `run` needs it
 
     app = build_app(runtime)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.http_host, port=settings.http_port, lifespan="off", log_level="info")
+        uvicorn.Config(
+            app, host=settings.http_host, port=settings.http_port, lifespan="off", log_level="info"
+        )
     )
-    log.info("wall on http://%s:%d/  admin token in %s", settings.http_host, settings.http_port,
-             settings.data_dir / "admin.token")
+    log.info(
+        "wall on http://%s:%d/  admin token in %s",
+        settings.http_host,
+        settings.http_port,
+        settings.data_dir / "admin.token",
+    )
     _quiet_signals()
     try:
         await server.serve()
@@ -133,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             http_port=getattr(args, "http_port", None),
             mqtt_port=getattr(args, "mqtt_port", None),
         )
-        asyncio.run(_serve(settings) if args.command == "run" else _gateway_only(settings))
+        if args.command == "gateway":
+            asyncio.run(_gateway_only(settings))
+        else:
+            asyncio.run(_serve(settings, ingest=args.command == "run"))
     except CityOpsError as exc:
         print(f"cityops: {exc}", file=sys.stderr)
         return 2

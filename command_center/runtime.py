@@ -117,6 +117,7 @@ async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True
             batch_max=settings.ingest_batch_max,
             flush_interval_s=settings.ingest_flush_interval_s,
             pending_max=settings.ingest_pending_max,
+            registry_refresh_s=settings.registry_refresh_s,
         ),
     )
     runtime = Runtime(settings, clock, engine, devices, dead, tokens, bus, live, series, gateway, city)

@@ -6,6 +6,7 @@ them over MQTT at a steady rate to any broker.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from .city import City
 log = logging.getLogger(__name__)
 
 SCENARIOS: Final = ("reservoir_rise", "smoke_then_gas", "truck_off_route", "detector_silent")
-RISE_M_PER_S: Final = 0.05
+RISE_M_PER_S: Final = 0.1
 GAS_DELAY_MS: Final = 20_000
 VEHICLE_KMH: Final = 45.0
 
@@ -33,10 +34,12 @@ VEHICLE_KMH: Final = 45.0
 def _route_point(route: list[tuple[float, float]], distance_km: float) -> tuple[float, float, float]:
     """Position and heading after `distance_km` along a route driven back and forth."""
     legs = []
-    for (a_lat, a_lon), (b_lat, b_lon) in zip(route, route[1:], strict=False):
+    for (a_lat, a_lon), (b_lat, b_lon) in itertools.pairwise(route):
         dy = (b_lat - a_lat) * 111.32
         dx = (b_lon - a_lon) * 111.32 * math.cos(math.radians(a_lat))
-        legs.append(((a_lat, a_lon), (b_lat, b_lon), math.hypot(dx, dy), math.degrees(math.atan2(dx, dy)) % 360))
+        legs.append(
+            ((a_lat, a_lon), (b_lat, b_lon), math.hypot(dx, dy), math.degrees(math.atan2(dx, dy)) % 360)
+        )
     total = sum(leg[2] for leg in legs) or 1.0
     d = distance_km % (2 * total)
     backwards = d > total
@@ -152,8 +155,13 @@ class CitySimulation:
             f = min(1.0, off / 60_000)
             lat += (self._zone_centre[0] - lat) * f
             lon += (self._zone_centre[1] - lon) * f
-        body = {"ts": now_ms, "lat": round(lat, 6), "lon": round(lon, 6),
-                "speed_kmh": VEHICLE_KMH, "heading_deg": round(heading, 1)}
+        body = {
+            "ts": now_ms,
+            "lat": round(lat, 6),
+            "lon": round(lon, 6),
+            "speed_kmh": VEHICLE_KMH,
+            "heading_deg": round(heading, 1),
+        }
         return f"city/vehicles/{device.id}/gps", json.dumps(body).encode()
 
 
@@ -167,7 +175,9 @@ class SimulatorThread:
         self._qos = qos
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
-        self._client: mqtt.Client = new_client(target, f"cityops-sim-{random.randrange(1 << 30)}", clean_session=True)
+        self._client: mqtt.Client = new_client(
+            target, f"cityops-sim-{random.randrange(1 << 30)}", clean_session=True
+        )
         self.published = 0
         self._lock = threading.Lock()
 

@@ -38,6 +38,8 @@ class GatewayOptions:
     batch_max: int = 5000
     flush_interval_s: float = 0.05
     pending_max: int = 200_000
+    # Devices registered through another process (the API) reach this cache within this time.
+    registry_refresh_s: float = 30.0
 
 
 class Gateway:
@@ -69,6 +71,7 @@ class Gateway:
         # Recently seen (device, ts): a redelivered reading is stored once and published once.
         self._seen: dict[tuple[str, int], None] = {}
         self._task: asyncio.Task[None] | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
         self.counts: Counter[str] = Counter()
         self.dead_counts: Counter[str] = Counter()
@@ -82,11 +85,15 @@ class Gateway:
         self.dead_counts.update(await asyncio.to_thread(self._dead_store.counts))
         self._stopping.clear()
         self._task = asyncio.create_task(self._writer(), name="gateway-writer")
+        self._refresh_task = asyncio.create_task(self._refresh_registry(), name="gateway-registry")
         log.info("gateway started with %d registered devices", len(self._kinds))
 
     async def stop(self) -> None:
         """Write everything queued, then stop. Call after the MQTT client stopped."""
         self._stopping.set()
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            self._refresh_task = None
         if self._task is not None:
             await self._task
             self._task = None
@@ -95,6 +102,17 @@ class Gateway:
     def note_device(self, device: Device) -> None:
         """A device was registered in this process: accept its readings from now on."""
         self._kinds[device.id] = device.kind
+
+    async def _refresh_registry(self) -> None:
+        while True:
+            await asyncio.sleep(self._opts.registry_refresh_s * random.uniform(0.9, 1.1))
+            try:
+                fresh = await asyncio.to_thread(self._devices.kinds)
+            except Exception:
+                log.exception("cannot reload the device registry; keeping the cached one")
+                continue
+            # One assignment: the MQTT thread sees either the old dict or the new one, never half.
+            self._kinds = fresh
 
     # --- the MQTT thread side --------------------------------------------------------------
 
@@ -108,7 +126,9 @@ class Gateway:
             self._statuses.append(checked.status)
         if checked.rejections:
             cut = payload[:DEAD_LETTER_PAYLOAD_BYTES]
-            self._dead.extend(DeadLetter(topic, cut, reason, detail, now) for reason, detail in checked.rejections)
+            self._dead.extend(
+                DeadLetter(topic, cut, reason, detail, now) for reason, detail in checked.rejections
+            )
         # Backpressure: hold the MQTT thread (and so the broker) rather than grow without bound.
         while len(self._pending) > self._opts.pending_max and not self._stopping.is_set():
             time.sleep(0.005)
@@ -198,4 +218,3 @@ class Gateway:
             "queued": self.pending(),
             "last_error": self.last_error,
         }
-

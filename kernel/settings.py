@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     influx_buffer_max: int = Field(default=500_000, ge=100)
     influx_batch_size: int = Field(default=5000, ge=1)
 
+    registry_refresh_s: float = Field(default=30.0, gt=0)
+
     simulate_rate: float = Field(default=20.0, gt=0)
 
     @model_validator(mode="after")
@@ -63,13 +65,16 @@ class Settings(BaseSettings):
         if self.environment != "production":
             return self
         if not self.database_url:
-            raise ValueError("production needs CITYOPS_DATABASE_URL (PostgreSQL); SQLite is the embedded default")
+            raise ValueError(
+                "production needs CITYOPS_DATABASE_URL (PostgreSQL); SQLite is the embedded default"
+            )
         for name in ("database_url", "redis_url", "influx_url", "mqtt_url"):
             url = getattr(self, name)
             if url and (urlsplit(url).password or "") in DEFAULT_SECRETS:
                 raise ValueError(f"{name} uses a default password; set a real secret in production")
         if self.admin_token is not None and (
-            self.admin_token.get_secret_value() in DEFAULT_SECRETS or len(self.admin_token.get_secret_value()) < 24
+            self.admin_token.get_secret_value() in DEFAULT_SECRETS
+            or len(self.admin_token.get_secret_value()) < 24
         ):
             raise ValueError("admin_token is a default or shorter than 24 characters")
         return self

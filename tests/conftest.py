@@ -41,7 +41,7 @@ def influx_server(server_dir: Path) -> Iterator[servers.Server]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[servers.Server]:
-    server = servers.postgres(Path("/tmp"))
+    server = servers.postgres()
     yield server
     servers.stop_postgres(server)
 

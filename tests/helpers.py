@@ -5,21 +5,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 T = TypeVar("T")
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], timeout_s: float = 15.0, interval_s: float = 0.05) -> T:
+async def eventually(
+    probe: Callable[[], Awaitable[T]], timeout_s: float = 15.0, interval_s: float = 0.05
+) -> T:
     """Poll `probe` until it returns something truthy (or raise with the last result)."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
         last = await probe()
         if last:
-            return last
+            return cast(T, last)
         await asyncio.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s}s; last result: {last!r}")
 
@@ -27,8 +30,10 @@ async def eventually(probe: Callable[[], Awaitable[T]], timeout_s: float = 15.0,
 class Publisher:
     """A sensor: a paho client that publishes and waits until the broker has each QoS 1 message."""
 
-    def __init__(self, host: str, port: int, client_id: str = "", will: tuple[str, bytes] | None = None) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    def __init__(
+        self, host: str, port: int, client_id: str = "", will: tuple[str, bytes] | None = None
+    ) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1)
         self.client.connect(host, port, keepalive=5)

@@ -66,7 +66,9 @@ class Server:
     def start(self) -> None:
         self.log_path = self.workdir / f"{self.name}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - the file lives as long as the process
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+        )
         try:
             if self.ready == "influx":
                 _wait_http(f"http://127.0.0.1:{self.port}/ping")
@@ -107,17 +109,38 @@ def mosquitto(workdir: Path) -> Server:
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         "max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\nlog_type error\n"
     )
-    server = Server("mosquitto", port, f"mqtt://127.0.0.1:{port}", workdir,
-                    [binary("mosquitto", "/usr/sbin/mosquitto"), "-c", str(conf)])
+    server = Server(
+        "mosquitto",
+        port,
+        f"mqtt://127.0.0.1:{port}",
+        workdir,
+        [binary("mosquitto", "/usr/sbin/mosquitto"), "-c", str(conf)],
+    )
     server.start()
     return server
 
 
 def redis(workdir: Path) -> Server:
     port = free_port()
-    server = Server("redis", port, f"redis://127.0.0.1:{port}/0", workdir,
-                    [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", str(workdir)])
+    server = Server(
+        "redis",
+        port,
+        f"redis://127.0.0.1:{port}/0",
+        workdir,
+        [
+            binary("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+    )
     server.start()
     return server
 
@@ -134,13 +157,19 @@ def influxdb(workdir: Path, port: int | None = None) -> Server:
         f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
         "[monitor]\n  store-enabled = false\n[continuous_queries]\n  enabled = false\n"
     )
-    server = Server("influxd", port, f"http://127.0.0.1:{port}", workdir,
-                    [binary("influxd"), "run", "-config", str(conf)], ready="influx")
+    server = Server(
+        "influxd",
+        port,
+        f"http://127.0.0.1:{port}",
+        workdir,
+        [binary("influxd"), "run", "-config", str(conf)],
+        ready="influx",
+    )
     server.start()
     return server
 
 
-def postgres(workdir: Path) -> Server:
+def postgres() -> Server:
     initdb = binary("initdb", "/usr/lib/postgresql/*/bin/initdb")
     pg_ctl = binary("pg_ctl", "/usr/lib/postgresql/*/bin/pg_ctl")
     port = free_port()
@@ -153,11 +182,29 @@ def postgres(workdir: Path) -> Server:
         shutil.chown(base, "postgres", "postgres")
         shutil.chown(sock, "postgres", "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_postgres, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    server = Server("postgres", port, f"postgresql://postgres@127.0.0.1:{port}/postgres", base,
-                    [*as_postgres, pg_ctl, "-D", str(data), "-l", str(base / "pg.log"), "-w", "-o",
-                     f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
+    subprocess.run(
+        [*as_postgres, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    server = Server(
+        "postgres",
+        port,
+        f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        base,
+        [
+            *as_postgres,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(base / "pg.log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        ],
+    )
     subprocess.run(server.argv, check=True, capture_output=True)
     wait_tcp(port)
     server.argv = [*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]
@@ -173,6 +220,8 @@ def new_database(server: Server, name: str) -> str:
     """A fresh empty database on the server; its URL."""
     import psycopg
 
-    with psycopg.connect(f"host=127.0.0.1 port={server.port} user=postgres dbname=postgres", autocommit=True) as c:
+    with psycopg.connect(
+        f"host=127.0.0.1 port={server.port} user=postgres dbname=postgres", autocommit=True
+    ) as c:
         c.execute(f'CREATE DATABASE "{name}"')
     return f"postgresql://postgres@127.0.0.1:{server.port}/{name}"

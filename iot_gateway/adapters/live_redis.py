@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -16,7 +16,8 @@ from kernel.ports import LiveEntry
 # Compare-and-set in one round trip, so two gateway processes cannot put an older sample back.
 _SET_IF_NEWER = """
 local cur = redis.call('HGET', KEYS[1], ARGV[3])
-if (not cur) or tonumber(cur) < tonumber(ARGV[1]) or (ARGV[5] == '1' and tonumber(cur) == tonumber(ARGV[1])) then
+local new = tonumber(ARGV[1])
+if (not cur) or tonumber(cur) < new or (ARGV[5] == '1' and tonumber(cur) == new) then
   redis.call('HSET', KEYS[1], ARGV[3], ARGV[1], ARGV[4], ARGV[2])
   return 1
 end
@@ -65,7 +66,7 @@ class RedisLive:
 
     async def get(self, device_id: str) -> LiveEntry:
         try:
-            raw: dict[str, str] = await self._redis.hgetall(self._prefix + device_id)
+            raw = cast(dict[str, str], await self._redis.hgetall(self._prefix + device_id))
         except RedisError as exc:
             raise StoreError(f"redis live state read failed: {exc}") from exc
         sample = sample_from_dict(json.loads(raw["sample"])) if "sample" in raw else None

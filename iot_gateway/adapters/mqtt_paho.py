@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from kernel.errors import ConfigError
 
@@ -58,7 +59,7 @@ def subscription_topics(shared_group: str | None) -> list[str]:
 def new_client(target: MqttTarget, client_id: str, *, clean_session: bool) -> mqtt.Client:
     """A paho client (MQTT 3.1.1, which every broker here speaks, amqtt included)."""
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
+        CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=clean_session,
         protocol=mqtt.MQTTv311,
@@ -99,7 +100,9 @@ class PahoIngress:
         self.connected = False
         self.last_error: str | None = None
 
-    def _on_connect(self, client: mqtt.Client, _ud: object, _flags: object, reason: object, _p: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _ud: object, _flags: object, reason: object, _p: object
+    ) -> None:
         if getattr(reason, "is_failure", False):
             self.last_error = f"connect refused: {reason}"
             log.error("MQTT %s", self.last_error)
@@ -109,9 +112,13 @@ class PahoIngress:
         result, _mid = client.subscribe([(t, self._qos) for t in self._topics])
         if result == mqtt.MQTT_ERR_SUCCESS:
             self._subscribed.set()
-        log.info("MQTT connected to %s:%d, subscribed to %s", self._target.host, self._target.port, self._topics)
+        log.info(
+            "MQTT connected to %s:%d, subscribed to %s", self._target.host, self._target.port, self._topics
+        )
 
-    def _on_disconnect(self, _c: mqtt.Client, _ud: object, _flags: object, reason: object, _p: object) -> None:
+    def _on_disconnect(
+        self, _c: mqtt.Client, _ud: object, _flags: object, reason: object, _p: object
+    ) -> None:
         self.connected = False
         self._subscribed.clear()
         if getattr(reason, "is_failure", False):
@@ -122,9 +129,9 @@ class PahoIngress:
         try:
             topic = msg.topic
         except UnicodeDecodeError:
-            topic = msg._topic.decode("utf-8", errors="replace")  # noqa: SLF001 - only raw bytes remain
+            topic = msg._topic.decode("utf-8", errors="replace")
         try:
-            self._handler(topic, msg.payload)
+            self._handler(topic, bytes(msg.payload))
         except Exception:
             # One message must never take the gateway down; it is logged with its traceback.
             log.exception("gateway failed on a message on %r", topic)

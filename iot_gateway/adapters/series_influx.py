@@ -12,13 +12,14 @@ import logging
 import random
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import httpx
-from influxdb_client import Point, WritePrecision
+from influxdb_client.client.write.point import Point
+from influxdb_client.domain.write_precision import WritePrecision
 
 from kernel.errors import StoreError
-from kernel.model import DeviceKind, Position, Reading, Sample
+from kernel.model import DeviceKind, Position, Reading, Sample, SensorKind
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,23 @@ def _from_row(kind: str, device_id: str, row: dict[str, Any]) -> Sample:
         return None if value is None else float(value)
 
     if kind == "vehicle":
-        return Position(device_id, int(row["time"]), float(row["lat"]), float(row["lon"]),
-                        opt("speed_kmh"), opt("heading_deg"))
+        return Position(
+            device_id,
+            int(row["time"]),
+            float(row["lat"]),
+            float(row["lon"]),
+            opt("speed_kmh"),
+            opt("heading_deg"),
+        )
     alarm = row.get("alarm")
-    return Reading(device_id, kind, int(row["time"]), float(row["value"]), opt("battery_pct"),  # type: ignore[arg-type]
-                   None if alarm is None else bool(alarm))
+    return Reading(
+        device_id,
+        cast(SensorKind, kind),
+        int(row["time"]),
+        float(row["value"]),
+        opt("battery_pct"),
+        None if alarm is None else bool(alarm),
+    )
 
 
 class InfluxSeries:
@@ -102,7 +115,9 @@ class InfluxSeries:
             for _ in range(overflow):
                 self._buffer.popleft()
             self.dropped += overflow
-            log.error("influx buffer full: dropped %d oldest lines (%d dropped in all)", overflow, self.dropped)
+            log.error(
+                "influx buffer full: dropped %d oldest lines (%d dropped in all)", overflow, self.dropped
+            )
         self._idle.clear()
         self._wake.set()
 
@@ -145,8 +160,13 @@ class InfluxSeries:
             except (httpx.HTTPError, StoreError) as exc:
                 self.state = "down"
                 self.last_error = str(exc) or type(exc).__name__
-                log.warning("influx write failed (%s); %d lines buffered, retrying in %.1fs",
-                            self.last_error, len(self._buffer), backoff, exc_info=True)
+                log.warning(
+                    "influx write failed (%s); %d lines buffered, retrying in %.1fs",
+                    self.last_error,
+                    len(self._buffer),
+                    backoff,
+                    exc_info=True,
+                )
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, 5.0)
             except asyncio.CancelledError:

@@ -28,10 +28,30 @@ _COLUMNS = "device_id, ts_ms, kind, value, battery_pct, alarm, lat, lon, speed_k
 def _row(sample: Sample) -> tuple[Any, ...]:
     if isinstance(sample, Reading):
         alarm = None if sample.alarm is None else int(sample.alarm)
-        return (sample.device_id, sample.ts_ms, sample.kind, sample.value, sample.battery_pct, alarm,
-                None, None, None, None)
-    return (sample.device_id, sample.ts_ms, "vehicle", None, None, None,
-            sample.lat, sample.lon, sample.speed_kmh, sample.heading_deg)
+        return (
+            sample.device_id,
+            sample.ts_ms,
+            sample.kind,
+            sample.value,
+            sample.battery_pct,
+            alarm,
+            None,
+            None,
+            None,
+            None,
+        )
+    return (
+        sample.device_id,
+        sample.ts_ms,
+        "vehicle",
+        None,
+        None,
+        None,
+        sample.lat,
+        sample.lon,
+        sample.speed_kmh,
+        sample.heading_deg,
+    )
 
 
 def _sample(row: tuple[Any, ...]) -> Sample:
@@ -98,9 +118,14 @@ class SqliteSeries:
         return result
 
     def _latest(self, device_id: str) -> Sample | None:
-        row = self._connection().execute(
-            f"SELECT {_COLUMNS} FROM samples WHERE device_id = ? ORDER BY ts_ms DESC LIMIT 1", (device_id,)
-        ).fetchone()
+        row = (
+            self._connection()
+            .execute(
+                f"SELECT {_COLUMNS} FROM samples WHERE device_id = ? ORDER BY ts_ms DESC LIMIT 1",
+                (device_id,),
+            )
+            .fetchone()
+        )
         return None if row is None else _sample(row)
 
     async def latest(self, device_id: str, kind: DeviceKind) -> Sample | None:

@@ -214,7 +214,8 @@ def _position(device_id: str, raw: Any, now_ms: int) -> Position:
     ts = _timestamp(item, now_ms)
     lat = _number(item, "lat", LAT_RANGE, required=True)
     lon = _number(item, "lon", LON_RANGE, required=True)
-    assert lat is not None and lon is not None  # required=True guarantees them
+    assert lat is not None  # required=True guarantees it
+    assert lon is not None
     speed = _number(item, "speed_kmh", SPEED_RANGE_KMH, required=False)
     heading = _number(item, "heading_deg", HEADING_RANGE_DEG, required=False)
     return Position(device_id, ts, lat, lon, speed, heading)

@@ -30,12 +30,21 @@ def devices(engine: Engine) -> SqlDevices:
     return store
 
 
-GAUGE = Device("res-1", "water_level", "铁炉水库水位", 19.93, 110.25, "g-1",
-               {"warning_level_m": 25.5, "danger_level_m": 26.8})
+GAUGE = Device(
+    "res-1",
+    "water_level",
+    "铁炉水库水位",
+    19.93,
+    110.25,
+    "g-1",
+    {"warning_level_m": 25.5, "danger_level_m": 26.8},
+)
 
 
 def test_add_get_and_list(devices: SqlDevices) -> None:
-    truck = Device("veh-1", "vehicle", "危化品运输车", 20.0, 110.3, None, {"plate": "琼A·1", "category": "hazmat"})
+    truck = Device(
+        "veh-1", "vehicle", "危化品运输车", 20.0, 110.3, None, {"plate": "琼A·1", "category": "hazmat"}
+    )
     devices.add(GAUGE)
     devices.add(truck)
     assert devices.get("res-1") == GAUGE
@@ -58,7 +67,9 @@ def test_a_taken_id_is_refused(devices: SqlDevices) -> None:
 
 def test_upsert_changes_in_place(devices: SqlDevices) -> None:
     devices.upsert(GAUGE)
-    moved = Device("res-1", "water_level", "renamed", 1.0, 2.0, None, {"warning_level_m": 1, "danger_level_m": 2})
+    moved = Device(
+        "res-1", "water_level", "renamed", 1.0, 2.0, None, {"warning_level_m": 1, "danger_level_m": 2}
+    )
     devices.upsert(moved)
     assert devices.get("res-1") == moved
     assert devices.count() == 1
@@ -73,11 +84,13 @@ def test_dead_letters_keep_payload_and_count_by_reason(engine: Engine) -> None:
     store = SqlDeadLetters(engine)
     store.create_schema()
     binary = bytes(range(256))
-    store.add_many([
-        DeadLetter("city/sensors/gas/x", binary, "unknown_device", "device 'x' is not registered", 1),
-        DeadLetter("city/sensors/gas/y", b"{", "bad_json", "payload is not JSON", 2),
-        DeadLetter("city/sensors/gas/z", b"{", "bad_json", "payload is not JSON", 3),
-    ])
+    store.add_many(
+        [
+            DeadLetter("city/sensors/gas/x", binary, "unknown_device", "device 'x' is not registered", 1),
+            DeadLetter("city/sensors/gas/y", b"{", "bad_json", "payload is not JSON", 2),
+            DeadLetter("city/sensors/gas/z", b"{", "bad_json", "payload is not JSON", 3),
+        ]
+    )
     assert store.counts() == {"unknown_device": 1, "bad_json": 2}
     newest = store.recent(limit=10)
     assert [d.received_at_ms for d in newest] == [3, 2, 1]

@@ -46,7 +46,9 @@ async def test_the_same_device_and_ts_is_stored_once(series: TimeSeries) -> None
 
 
 async def test_devices_do_not_mix(series: TimeSeries) -> None:
-    await series.write([Reading("a", "gas", 1_700_000_000_000, 1.0), Reading("b", "gas", 1_700_000_000_000, 2.0)])
+    await series.write(
+        [Reading("a", "gas", 1_700_000_000_000, 1.0), Reading("b", "gas", 1_700_000_000_000, 2.0)]
+    )
     await series.flush()
     assert [r.device_id for r in await series.read("a", "gas", 0, 2_000_000_000_000, 10)] == ["a"]
 
@@ -64,9 +66,12 @@ async def test_every_field_round_trips(series: TimeSeries) -> None:
 
 async def test_latest_is_the_newest(series: TimeSeries) -> None:
     assert await series.latest("res", "water_level") is None
-    await series.write([Reading("res", "water_level", t, float(t % 100)) for t in (1_700_000_000_300,
-                                                                                  1_700_000_000_900,
-                                                                                  1_700_000_000_100)])
+    await series.write(
+        [
+            Reading("res", "water_level", t, float(t % 100))
+            for t in (1_700_000_000_300, 1_700_000_000_900, 1_700_000_000_100)
+        ]
+    )
     await series.flush()
     assert await series.latest("res", "water_level") == Reading("res", "water_level", 1_700_000_000_900, 0.0)
 

@@ -10,8 +10,14 @@ import pytest
 
 from .conftest import Center
 
-GAUGE = {"id": "res-1", "kind": "water_level", "name": "水位", "lat": 19.93, "lon": 110.25,
-         "attributes": {"warning_level_m": 25.5, "danger_level_m": 26.8}}
+GAUGE = {
+    "id": "res-1",
+    "kind": "water_level",
+    "name": "水位",
+    "lat": 19.93,
+    "lon": 110.25,
+    "attributes": {"warning_level_m": 25.5, "danger_level_m": 26.8},
+}
 
 
 async def test_health_needs_no_token(center: Center) -> None:
@@ -27,8 +33,10 @@ async def test_health_needs_no_token(center: Center) -> None:
 async def test_no_or_bad_token_is_401(center: Center, header: str | None) -> None:
     headers = {} if header is None else {"Authorization": header}
     async with httpx.AsyncClient(transport=center.api._transport, base_url="http://cityops") as client:
-        for call in (client.get("/api/devices", headers=headers),
-                     client.post("/api/devices", json=GAUGE, headers=headers)):
+        for call in (
+            client.get("/api/devices", headers=headers),
+            client.post("/api/devices", json=GAUGE, headers=headers),
+        ):
             assert (await call).status_code == 401
 
 
@@ -40,8 +48,9 @@ async def test_a_role_that_may_not_is_403_and_changes_nothing(center: Center) ->
     assert refused.status_code == 403
     assert (await center.api.get("/api/devices/res-1")).status_code == 404
     assert (await center.api.get("/api/devices", headers=viewer)).status_code == 200
-    assert (await center.api.post("/api/tokens", json={"name": "x", "role": "admin"},
-                                  headers=viewer)).status_code == 403
+    assert (
+        await center.api.post("/api/tokens", json={"name": "x", "role": "admin"}, headers=viewer)
+    ).status_code == 403
 
 
 def _locs(answer: httpx.Response) -> list[list[Any]]:
@@ -57,12 +66,20 @@ def _locs(answer: httpx.Response) -> list[list[Any]]:
         ({"id": "a/b"}, ["body", "id"]),
         ({"name": ""}, ["body", "name"]),
         ({"attributes": {"warning_level_m": 25.5}}, ["body", "attributes", "danger_level_m"]),
-        ({"attributes": {"warning_level_m": 27, "danger_level_m": 26}}, ["body", "attributes", "danger_level_m"]),
-        ({"kind": "vehicle", "attributes": {"plate": "琼A", "category": "tank"}}, ["body", "attributes", "category"]),
+        (
+            {"attributes": {"warning_level_m": 27, "danger_level_m": 26}},
+            ["body", "attributes", "danger_level_m"],
+        ),
+        (
+            {"kind": "vehicle", "attributes": {"plate": "琼A", "category": "tank"}},
+            ["body", "attributes", "category"],
+        ),
         ({"colour": "red"}, ["body", "colour"]),
     ],
 )
-async def test_a_wrong_device_is_422_naming_the_field(center: Center, change: dict[str, Any], loc: list[Any]) -> None:
+async def test_a_wrong_device_is_422_naming_the_field(
+    center: Center, change: dict[str, Any], loc: list[Any]
+) -> None:
     assert loc in _locs(await center.api.post("/api/devices", json={**GAUGE, **change}))
     assert (await center.api.get("/api/devices")).json() == []
 
@@ -88,18 +105,27 @@ async def test_unknown_ids_are_404(center: Center) -> None:
 
 async def test_readings_window_must_be_a_time(center: Center) -> None:
     await center.api.post("/api/devices", json=GAUGE)
-    assert ["query", "start"] in _locs(await center.api.get("/api/devices/res-1/readings", params={"start": "soon"}))
     assert ["query", "start"] in _locs(
-        await center.api.get("/api/devices/res-1/readings", params={"start": "2026-11-02T00:00:00+08:00",
-                                                                    "end": "2026-11-01T00:00:00+08:00"}))
-    ok = await center.api.get("/api/devices/res-1/readings", params={"start": "1795000000000", "end": "1795000001000"})
+        await center.api.get("/api/devices/res-1/readings", params={"start": "soon"})
+    )
+    assert ["query", "start"] in _locs(
+        await center.api.get(
+            "/api/devices/res-1/readings",
+            params={"start": "2026-11-02T00:00:00+08:00", "end": "2026-11-01T00:00:00+08:00"},
+        )
+    )
+    ok = await center.api.get(
+        "/api/devices/res-1/readings", params={"start": "1795000000000", "end": "1795000001000"}
+    )
     assert ok.status_code == 200
     assert ok.json() == []
 
 
 async def test_list_devices_filters_by_kind(center: Center) -> None:
     await center.api.post("/api/devices", json=GAUGE)
-    await center.api.post("/api/devices", json={"id": "g1", "kind": "gas", "name": "燃气", "lat": 20, "lon": 110})
+    await center.api.post(
+        "/api/devices", json={"id": "g1", "kind": "gas", "name": "燃气", "lat": 20, "lon": 110}
+    )
     assert [d["id"] for d in (await center.api.get("/api/devices", params={"kind": "gas"})).json()] == ["g1"]
     assert (await center.api.get("/api/devices", params={"kind": "rain"})).status_code == 422
 

@@ -16,11 +16,23 @@ from tests.helpers import Publisher, eventually
 
 from .conftest import Center
 
-GAUGE = {"id": "res-tielu", "kind": "water_level", "name": "铁炉水库水位", "lat": 19.93, "lon": 110.252,
-         "attributes": {"warning_level_m": 25.5, "danger_level_m": 26.8}}
+GAUGE = {
+    "id": "res-tielu",
+    "kind": "water_level",
+    "name": "铁炉水库水位",
+    "lat": 19.93,
+    "lon": 110.252,
+    "attributes": {"warning_level_m": 25.5, "danger_level_m": 26.8},
+}
 SMOKE = {"id": "smoke-b1", "kind": "smoke", "name": "1号楼烟感", "lat": 20.058, "lon": 110.32}
-TRUCK = {"id": "veh-hz-1", "kind": "vehicle", "name": "危化品运输车", "lat": 20.0, "lon": 110.3,
-         "attributes": {"plate": "琼A·H0001", "category": "hazmat"}}
+TRUCK = {
+    "id": "veh-hz-1",
+    "kind": "vehicle",
+    "name": "危化品运输车",
+    "lat": 20.0,
+    "lon": 110.3,
+    "attributes": {"plate": "琼A·H0001", "category": "hazmat"},
+}
 
 
 def now_ms() -> int:
@@ -48,7 +60,11 @@ BAD_MESSAGES = [
     ("wrong_kind", "city/sensors/gas/res-tielu", b'{"ts": 1795000000000, "value": 2}'),
     ("out_of_range", "city/sensors/water_level/res-tielu", b'{"ts": 1795000000000, "value": 9000}'),
     ("bad_unit", "city/sensors/water_level/res-tielu", b'{"ts": 1795000000000, "value": 24.1, "unit": "ft"}'),
-    ("too_large", "city/sensors/water_level/res-tielu", b'{"ts": 1, "value": 1, "pad": "' + b"x" * 70_000 + b'"}'),
+    (
+        "too_large",
+        "city/sensors/water_level/res-tielu",
+        b'{"ts": 1, "value": 1, "pad": "' + b"x" * 70_000 + b'"}',
+    ),
     ("future_timestamp", "city/sensors/water_level/res-tielu", None),
     ("bad_topic", "city/sensors/rainfall/res-tielu", b'{"ts": 1795000000000, "value": 1}'),
     ("bad_status", "city/devices/res-tielu/status", b"asleep"),
@@ -64,7 +80,9 @@ async def test_a_bad_message_is_a_dead_letter_and_the_next_good_one_goes_through
         payload = json.dumps({"ts": now_ms() + 10 * 60_000, "value": 24.0}).encode()
     await center.sensor.publish(topic, payload)
     good_ts = now_ms()
-    await center.sensor.publish("city/sensors/water_level/res-tielu", json.dumps({"ts": good_ts, "value": 24.2}))
+    await center.sensor.publish(
+        "city/sensors/water_level/res-tielu", json.dumps({"ts": good_ts, "value": 24.2})
+    )
 
     async def good_is_live() -> bool:
         return await latest_ts(center, "res-tielu") == good_ts
@@ -86,8 +104,10 @@ async def test_readings_reach_live_state_and_history(center: Center) -> None:
     await center.register(GAUGE)
     start = now_ms() - 10_000
     for i in range(5):
-        await center.sensor.publish("city/sensors/water_level/res-tielu",
-                              json.dumps({"ts": start + i * 1000, "value": 24.0 + i / 10, "unit": "m"}))
+        await center.sensor.publish(
+            "city/sensors/water_level/res-tielu",
+            json.dumps({"ts": start + i * 1000, "value": 24.0 + i / 10, "unit": "m"}),
+        )
 
     async def all_stored() -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = (await center.api.get("/api/devices/res-tielu/readings")).json()
@@ -104,7 +124,11 @@ async def test_readings_reach_live_state_and_history(center: Center) -> None:
 async def test_a_batch_array_is_taken_item_by_item(center: Center) -> None:
     await center.register(SMOKE)
     base = now_ms() - 5000
-    batch = [{"ts": base, "value": 0.2}, {"ts": base + 1, "value": 400}, {"ts": base + 2, "value": 9.5, "alarm": True}]
+    batch = [
+        {"ts": base, "value": 0.2},
+        {"ts": base + 1, "value": 400},
+        {"ts": base + 2, "value": 9.5, "alarm": True},
+    ]
     await center.sensor.publish("city/sensors/smoke/smoke-b1", json.dumps(batch))
 
     async def two_stored() -> list[dict[str, Any]]:
@@ -121,8 +145,12 @@ async def test_a_reading_delivered_twice_is_stored_once(center: Center) -> None:
     await center.register(GAUGE)
     ts = now_ms() - 1000
     for _ in range(3):
-        await center.sensor.publish("city/sensors/water_level/res-tielu", json.dumps({"ts": ts, "value": 24.5}))
-    await center.sensor.publish("city/sensors/water_level/res-tielu", json.dumps({"ts": ts + 1, "value": 24.6}))
+        await center.sensor.publish(
+            "city/sensors/water_level/res-tielu", json.dumps({"ts": ts, "value": 24.5})
+        )
+    await center.sensor.publish(
+        "city/sensors/water_level/res-tielu", json.dumps({"ts": ts + 1, "value": 24.6})
+    )
     await eventually(lambda: _has_latest(center, ts + 1))
     history = (await center.api.get("/api/devices/res-tielu/readings")).json()
     assert [(r["ts_ms"], r["value"]) for r in history] == [(ts, 24.5), (ts + 1, 24.6)]
@@ -135,27 +163,35 @@ async def _has_latest(center: Center, ts: int) -> bool:
 async def test_vehicle_positions_and_qos0(center: Center) -> None:
     await center.register(TRUCK)
     ts = now_ms()
-    await center.sensor.publish("city/vehicles/veh-hz-1/gps",
-                          json.dumps({"ts": ts, "lat": 20.01, "lon": 110.31, "speed_kmh": 40, "heading_deg": 90}),
-                          qos=0)
+    await center.sensor.publish(
+        "city/vehicles/veh-hz-1/gps",
+        json.dumps({"ts": ts, "lat": 20.01, "lon": 110.31, "speed_kmh": 40, "heading_deg": 90}),
+        qos=0,
+    )
 
-    async def moved() -> dict[str, Any] | None:
-        latest: dict[str, Any] | None = (await center.device("veh-hz-1"))["latest"]
+    async def moved() -> dict[str, Any]:
+        latest: dict[str, Any] = (await center.device("veh-hz-1"))["latest"] or {}
         return latest
 
     latest = await eventually(moved)
-    assert (latest["lat"], latest["lon"], latest["speed_kmh"], latest["heading_deg"]) == (20.01, 110.31, 40, 90)
+    assert (latest["lat"], latest["lon"], latest["speed_kmh"], latest["heading_deg"]) == (
+        20.01,
+        110.31,
+        40,
+        90,
+    )
 
 
 async def test_status_topic_and_last_will(center: Center) -> None:
     await center.register(SMOKE)
     target = center.runtime.mqtt_target()
-    detector = Publisher(target.host, target.port, client_id="smoke-b1",
-                         will=("city/devices/smoke-b1/status", b"offline"))
+    detector = Publisher(
+        target.host, target.port, client_id="smoke-b1", will=("city/devices/smoke-b1/status", b"offline")
+    )
     await detector.publish("city/devices/smoke-b1/status", b"online")
 
     async def status_is(value: str) -> bool:
-        return (await center.device("smoke-b1"))["status"] == value
+        return bool((await center.device("smoke-b1"))["status"] == value)
 
     await eventually(lambda: status_is("online"))
     # Drop the connection without DISCONNECT, as a detector losing power would: the broker sends the will.

@@ -16,8 +16,14 @@ from tests.helpers import Publisher, eventually
 
 from .conftest import production_settings
 
-GAUGE = {"id": "res-1", "kind": "water_level", "name": "水位", "lat": 19.93, "lon": 110.25,
-         "attributes": {"warning_level_m": 25.5, "danger_level_m": 26.8}}
+GAUGE = {
+    "id": "res-1",
+    "kind": "water_level",
+    "name": "水位",
+    "lat": 19.93,
+    "lon": 110.25,
+    "attributes": {"warning_level_m": 25.5, "danger_level_m": 26.8},
+}
 
 
 async def _readings(runtime_app: httpx.AsyncClient) -> list[float]:
@@ -30,22 +36,28 @@ async def test_readings_published_while_the_gateway_restarts_are_not_lost(
 ) -> None:
     settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-restart")
     first = await start_runtime(settings, SystemClock())
-    await httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(first)), base_url="http://x",
-                            headers={"Authorization": f"Bearer {first.admin_token}"}).post("/api/devices", json=GAUGE)
+    await httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_app(first)),
+        base_url="http://x",
+        headers={"Authorization": f"Bearer {first.admin_token}"},
+    ).post("/api/devices", json=GAUGE)
     target = first.mqtt_target()
     await stop_runtime(first)
 
     sensor = Publisher(target.host, target.port)
     start = int(time.time() * 1000) - 60_000
     for i in range(50):  # the gateway is away: Mosquitto keeps these for its persistent session
-        await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": start + i, "value": 20 + i / 100}))
+        await sensor.publish(
+            "city/sensors/water_level/res-1", json.dumps({"ts": start + i, "value": 20 + i / 100})
+        )
     sensor.close()
 
     second = await start_runtime(settings, SystemClock())
     try:
         headers = {"Authorization": f"Bearer {second.admin_token}"}
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(second)), base_url="http://x",
-                                     headers=headers) as api:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_app(second)), base_url="http://x", headers=headers
+        ) as api:
 
             async def all_fifty() -> list[float]:
                 values = await _readings(api)
@@ -65,17 +77,25 @@ async def test_two_gateways_in_a_shared_group_split_the_load_and_store_everythin
     a = await start_runtime(base, SystemClock())
     b = await start_runtime(other, SystemClock())
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(a)), base_url="http://x",
-                                     headers={"Authorization": f"Bearer {a.admin_token}"}) as api:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_app(a)),
+            base_url="http://x",
+            headers={"Authorization": f"Bearer {a.admin_token}"},
+        ) as api:
             assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
-            b.gateway.note_device(a.devices.get("res-1"))  # type: ignore[arg-type] - registered just above
+            registered = a.devices.get("res-1")
+            assert registered is not None
+            b.gateway.note_device(registered)  # b runs in this process too but has its own device cache
             target = a.mqtt_target()
             sensor = Publisher(target.host, target.port)
             start = int(time.time() * 1000) - 60_000
             for i in range(200):
-                sensor.client.publish("city/sensors/water_level/res-1",
-                                      json.dumps({"ts": start + i, "value": 20.0}), qos=1)
-            await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": start + 200, "value": 20.0}))
+                sensor.client.publish(
+                    "city/sensors/water_level/res-1", json.dumps({"ts": start + i, "value": 20.0}), qos=1
+                )
+            await sensor.publish(
+                "city/sensors/water_level/res-1", json.dumps({"ts": start + 200, "value": 20.0})
+            )
             sensor.close()
 
             async def all_stored() -> bool:
@@ -89,3 +109,39 @@ async def test_two_gateways_in_a_shared_group_split_the_load_and_store_everythin
     finally:
         await stop_runtime(a)
         await stop_runtime(b)
+
+
+async def test_a_separate_gateway_learns_devices_registered_through_the_api_process(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    shared = production_settings(request, tmp_path / "gw", mqtt_client_id="gw-split", registry_refresh_s=0.2)
+    gateway = await start_runtime(shared, SystemClock())
+    api_only = await start_runtime(
+        shared.model_copy(update={"data_dir": tmp_path / "api"}), SystemClock(), ingest=False
+    )
+    try:
+        assert api_only.ingress is None
+        headers = {"Authorization": f"Bearer {api_only.admin_token}"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_app(api_only)), base_url="http://x", headers=headers
+        ) as api:
+            assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
+            await eventually(lambda: _knows(gateway.gateway.stats()))
+            target = gateway.mqtt_target()
+            sensor = Publisher(target.host, target.port)
+            ts = int(time.time() * 1000)
+            await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": ts, "value": 21.5}))
+            sensor.close()
+
+            async def seen_by_api() -> bool:
+                latest = (await api.get("/api/devices/res-1")).json()["latest"]
+                return latest is not None and latest["ts_ms"] == ts
+
+            await eventually(seen_by_api)
+    finally:
+        await stop_runtime(api_only)
+        await stop_runtime(gateway)
+
+
+async def _knows(stats: dict[str, object]) -> bool:
+    return stats["registered_devices"] == 1

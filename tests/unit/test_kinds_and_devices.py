@@ -39,7 +39,17 @@ def test_device_problems_name_the_field(kind: str, attributes: dict[str, object]
     assert [loc[0] for loc, _ in device_problems(kind, attributes)] == fields
 
 
-@pytest.mark.parametrize(("device_id", "ok"), [("res-1", True), ("a/b", False), ("x+", False), ("", False),
-                                                ("#", False), ("a" * 65, False), ("veh.hz:001_A", True)])
+@pytest.mark.parametrize(
+    ("device_id", "ok"),
+    [
+        ("res-1", True),
+        ("a/b", False),
+        ("x+", False),
+        ("", False),
+        ("#", False),
+        ("a" * 65, False),
+        ("veh.hz:001_A", True),
+    ],
+)
 def test_device_ids_are_safe_topic_levels(device_id: str, ok: bool) -> None:
     assert valid_device_id(device_id) is ok

@@ -24,16 +24,27 @@ def check(topic: str, body: object) -> v.Checked:
 @pytest.mark.parametrize(
     ("topic", "body", "expected"),
     [
-        ("city/sensors/water_level/res-1", {"ts": NOW, "value": 24.5, "unit": "m"},
-         Reading("res-1", "water_level", NOW, 24.5)),
-        ("city/sensors/water_level/res-1", {"ts": "2026-11-18T09:59:59.123+08:00", "value": 1},
-         Reading("res-1", "water_level", UTC_0159, 1.0)),
-        ("city/sensors/smoke/smoke-1", {"ts": NOW, "value": 3.2, "unit": "%/m", "alarm": True, "battery_pct": 71},
-         Reading("smoke-1", "smoke", NOW, 3.2, 71.0, True)),
-        ("city/sensors/gas/gas-1", {"ts": NOW, "value": 0},
-         Reading("gas-1", "gas", NOW, 0.0)),
-        ("city/vehicles/truck-1/gps", {"ts": NOW, "lat": 20.01, "lon": 110.3, "speed_kmh": 42, "heading_deg": 90},
-         Position("truck-1", NOW, 20.01, 110.3, 42.0, 90.0)),
+        (
+            "city/sensors/water_level/res-1",
+            {"ts": NOW, "value": 24.5, "unit": "m"},
+            Reading("res-1", "water_level", NOW, 24.5),
+        ),
+        (
+            "city/sensors/water_level/res-1",
+            {"ts": "2026-11-18T09:59:59.123+08:00", "value": 1},
+            Reading("res-1", "water_level", UTC_0159, 1.0),
+        ),
+        (
+            "city/sensors/smoke/smoke-1",
+            {"ts": NOW, "value": 3.2, "unit": "%/m", "alarm": True, "battery_pct": 71},
+            Reading("smoke-1", "smoke", NOW, 3.2, 71.0, True),
+        ),
+        ("city/sensors/gas/gas-1", {"ts": NOW, "value": 0}, Reading("gas-1", "gas", NOW, 0.0)),
+        (
+            "city/vehicles/truck-1/gps",
+            {"ts": NOW, "lat": 20.01, "lon": 110.3, "speed_kmh": 42, "heading_deg": 90},
+            Position("truck-1", NOW, 20.01, 110.3, 42.0, 90.0),
+        ),
     ],
 )
 def test_good_messages_are_accepted(topic: str, body: object, expected: object) -> None:
@@ -99,7 +110,11 @@ def test_a_batch_keeps_its_good_items_and_refuses_the_bad_ones() -> None:
 def test_status_messages_become_device_status() -> None:
     checked = v.check_message("city/devices/truck-1/status", b"offline", KINDS, NOW)
     assert checked.status is not None
-    assert (checked.status.device_id, checked.status.status, checked.status.at_ms) == ("truck-1", "offline", NOW)
+    assert (checked.status.device_id, checked.status.status, checked.status.at_ms) == (
+        "truck-1",
+        "offline",
+        NOW,
+    )
 
 
 def test_alarm_is_kept_for_smoke_only() -> None:

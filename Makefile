@@ -1,0 +1,36 @@
+# The two commands: `make run` and `make test`. Everything they need is installed on the way.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench lint system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## Start the command center on the embedded default with the demo city (wall on http://127.0.0.1:8000/).
+run: $(STAMP)
+	$(BIN)/cityops run --demo
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Every test, against real Mosquitto, Redis, InfluxDB and PostgreSQL started on free ports.
+test: system-deps $(STAMP) lint
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+## Benchmarks: figures as ratios against a baseline measured in the same run.
+bench: system-deps $(STAMP)
+	$(BIN)/python -m bench.ingest
+
+clean:
+	rm -rf $(VENV) data .mypy_cache .ruff_cache

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the real servers the tests and the benchmark start (Debian packages), when missing.
+# Runs apt-get only if something is missing, and only as root; otherwise it says what to install.
+set -euo pipefail
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v influxd >/dev/null 2>&1 || need+=(influxdb)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${need[@]}"
+# Debian starts some of these as services where an init system runs; the tests start their own.

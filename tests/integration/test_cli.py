@@ -1,0 +1,181 @@
+"""The `cityops` command as a person runs it: a real process, stopped with SIGTERM, restarted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests import servers
+
+CITYOPS = [sys.executable, "-m", "command_center.cli"]
+
+
+@contextmanager
+def cityops(*args: str, data_dir: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    http, broker = servers.free_port(), servers.free_port()
+    log = open(data_dir.parent / f"cityops-{http}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            *CITYOPS,
+            "run",
+            "--data-dir",
+            str(data_dir),
+            "--http-port",
+            str(http),
+            "--mqtt-port",
+            str(broker),
+            *args,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        base = f"http://127.0.0.1:{http}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError(
+                "cityops did not start: " + (data_dir.parent / f"cityops-{http}.log").read_text()
+            )
+        yield base, broker
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        log.close()
+        assert code == 0, (data_dir.parent / f"cityops-{http}.log").read_text()[-3000:]
+
+
+def api(base: str, data_dir: Path) -> httpx.Client:
+    token = (data_dir / "admin.token").read_text().strip()
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def wait_for(probe: Any, timeout_s: float = 20) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = probe()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError("condition not met")
+
+
+def test_run_stop_and_restart_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    start = int(time.time() * 1000) - 30_000
+    with cityops(data_dir=data) as (base, broker):
+        token = (data / "admin.token").read_text().strip()
+        with api(base, data) as client:
+            created = client.post(
+                "/api/devices", json={"id": "gas-1", "kind": "gas", "name": "燃气", "lat": 20.0, "lon": 110.3}
+            )
+            assert created.status_code == 201
+            sensor = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+            sensor.connect("127.0.0.1", broker)
+            sensor.loop_start()
+            for i in range(20):
+                sensor.publish(
+                    "city/sensors/gas/gas-1", json.dumps({"ts": start + i, "value": i}), qos=1
+                ).wait_for_publish(10)
+            sensor.disconnect()
+            sensor.loop_stop()
+            wait_for(lambda: client.get("/api/devices/gas-1").json()["latest"])
+    # SIGTERM answered with exit 0 (checked on leaving the block); now the same data dir again.
+    with cityops(data_dir=data) as (base, _broker), api(base, data) as client:
+        assert (data / "admin.token").read_text().strip() == token
+        device = client.get("/api/devices/gas-1").json()
+        assert device["latest"]["ts_ms"] == start + 19
+        history = client.get("/api/devices/gas-1/readings").json()
+        assert [r["value"] for r in history] == [float(i) for i in range(20)]
+
+
+def test_demo_shows_readings_flowing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with (
+        cityops("--demo", data_dir=data, env={"CITYOPS_SIMULATE_RATE": "50"}) as (base, _),
+        api(base, data) as client,
+    ):
+        devices = client.get("/api/devices").json()
+        assert len(devices) >= 50
+
+        def latest(device_id: str) -> Any:
+            return client.get(f"/api/devices/{device_id}").json()["latest"]
+
+        first = wait_for(lambda: latest("res-tielu"))
+        wait_for(lambda: latest("res-tielu")["ts_ms"] > first["ts_ms"])
+        truck = wait_for(lambda: latest("veh-hz-001"))
+        assert {"lat", "lon", "speed_kmh"} <= set(truck)
+        assert client.post("/api/demo/scenarios/reservoir_rise").json()["device_id"] == "res-tielu"
+        danger = client.get("/api/devices/res-tielu").json()["attributes"]["warning_level_m"]
+        wait_for(lambda: latest("res-tielu")["value"] >= danger, timeout_s=120)
+        health = client.get("/api/health").json()
+        assert health["status"] == "ok"
+        assert sum(health["dead_letters"].values()) == 0
+
+
+def test_simulate_command_feeds_a_gateway_process(tmp_path: Path, mosquitto_server: servers.Server) -> None:
+    data = tmp_path / "data"
+    env = {
+        **os.environ,
+        "CITYOPS_MQTT_URL": mosquitto_server.url,
+        "CITYOPS_MQTT_CLIENT_ID": "gw-sim",
+        "CITYOPS_DATA_DIR": str(data),
+    }
+    # The gateway on its own (a production process), with the demo city as its config.
+    from command_center.city import demo_city_path
+
+    gateway = subprocess.Popen(
+        [*CITYOPS, "gateway", "--config", str(demo_city_path())],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: (data / "series.sqlite").exists() or (data / "admin.token").exists(), timeout_s=30)
+        time.sleep(1.0)  # let it subscribe
+        sim = subprocess.run(
+            [
+                *CITYOPS,
+                "simulate",
+                "--mqtt-url",
+                mosquitto_server.url,
+                "--rate",
+                "100",
+                "--duration",
+                "2",
+                "--scenario",
+                "smoke_then_gas",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert sim.returncode == 0, sim.stderr
+        assert "published" in sim.stderr
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        out, _ = gateway.communicate(timeout=30)
+    assert gateway.returncode == 0, out.decode()[-3000:]
+    stopped = out.decode().splitlines()[-1]
+    assert "gateway stopped cleanly" in stopped
+    assert "'accepted': 0" not in stopped
+    assert "'rejected': 0" in stopped
