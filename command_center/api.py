@@ -145,10 +145,7 @@ def build_app(runtime: Runtime) -> FastAPI:
         problems = device_problems(spec.kind, spec.attributes)
         if problems:
             raise RequestValidationError(
-                [
-                    {"loc": ("body", "attributes", *loc), "msg": msg, "type": "value_error"}
-                    for loc, msg in problems
-                ]
+                [{"loc": ("body", "attributes", *loc), "msg": msg, "type": "value_error"} for loc, msg in problems]
             )
         device = spec.to_device()
         try:

@@ -54,14 +54,10 @@ class TokenStore:
 
     def _store(self, token: str, name: str, role: Role, now_ms: int) -> None:
         with self._engine.begin() as conn:
-            exists = conn.execute(
-                select(api_tokens.c.digest).where(api_tokens.c.digest == digest(token))
-            ).first()
+            exists = conn.execute(select(api_tokens.c.digest).where(api_tokens.c.digest == digest(token))).first()
             if exists is None:
                 conn.execute(
-                    insert(api_tokens).values(
-                        digest=digest(token), name=name, role=role, created_at_ms=now_ms
-                    )
+                    insert(api_tokens).values(digest=digest(token), name=name, role=role, created_at_ms=now_ms)
                 )
 
     def issue(self, name: str, role: Role, now_ms: int) -> str:

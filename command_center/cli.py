@@ -67,18 +67,14 @@ async def _serve(settings: Settings, *, ingest: bool = True) -> None:
     runtime = await start_runtime(settings, SystemClock(), ingest=ingest)
     simulator: SimulatorThread | None = None
     if settings.demo and runtime.city is not None and ingest:
-        simulator = SimulatorThread(
-            CitySimulation(runtime.city), runtime.mqtt_target(), settings.simulate_rate
-        )
+        simulator = SimulatorThread(CitySimulation(runtime.city), runtime.mqtt_target(), settings.simulate_rate)
         simulator.start()
         runtime.extras["simulator"] = simulator
     from .api import build_app  # the API pulls in FastAPI; only `run` needs it
 
     app = build_app(runtime)
     server = uvicorn.Server(
-        uvicorn.Config(
-            app, host=settings.http_host, port=settings.http_port, lifespan="off", log_level="info"
-        )
+        uvicorn.Config(app, host=settings.http_host, port=settings.http_port, lifespan="off", log_level="info")
     )
     log.info(
         "wall on http://%s:%d/  admin token in %s",
@@ -134,6 +130,10 @@ def _simulate(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cityops` command."""
     args = _parser().parse_args(argv)
+    import os
+
+    if os.environ.get("PYTHONSWITCH"):
+        sys.setswitchinterval(float(os.environ.get("SWITCH", "0.0005")))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "simulate":

@@ -133,9 +133,10 @@ async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True
         settings.mqtt_client_id,
         subscription_topics(settings.mqtt_shared_group),
         gateway.handle,
+        backlogged=gateway.backlogged,
     )
-    runtime.ingress.start()
-    if not await asyncio.to_thread(runtime.ingress.wait_subscribed, 10.0):
+    await runtime.ingress.start()
+    if not await runtime.ingress.wait_subscribed(10.0):
         log.warning("MQTT broker not reached within 10 s; the gateway keeps trying")
     return runtime
 
@@ -143,7 +144,7 @@ async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True
 async def stop_runtime(runtime: Runtime) -> None:
     """Stop in reverse order; what the gateway acknowledged is written before the stores close."""
     if runtime.ingress is not None:
-        await asyncio.to_thread(runtime.ingress.stop)
+        await runtime.ingress.stop()
     await runtime.gateway.stop()
     if runtime.broker is not None:
         await runtime.broker.stop()

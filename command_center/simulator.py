@@ -37,9 +37,7 @@ def _route_point(route: list[tuple[float, float]], distance_km: float) -> tuple[
     for (a_lat, a_lon), (b_lat, b_lon) in itertools.pairwise(route):
         dy = (b_lat - a_lat) * 111.32
         dx = (b_lon - a_lon) * 111.32 * math.cos(math.radians(a_lat))
-        legs.append(
-            ((a_lat, a_lon), (b_lat, b_lon), math.hypot(dx, dy), math.degrees(math.atan2(dx, dy)) % 360)
-        )
+        legs.append(((a_lat, a_lon), (b_lat, b_lon), math.hypot(dx, dy), math.degrees(math.atan2(dx, dy)) % 360))
     total = sum(leg[2] for leg in legs) or 1.0
     d = distance_km % (2 * total)
     backwards = d > total
@@ -175,9 +173,7 @@ class SimulatorThread:
         self._qos = qos
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
-        self._client: mqtt.Client = new_client(
-            target, f"cityops-sim-{random.randrange(1 << 30)}", clean_session=True
-        )
+        self._client: mqtt.Client = new_client(target, f"cityops-sim-{random.randrange(1 << 30)}", clean_session=True)
         self.published = 0
         self._lock = threading.Lock()
 

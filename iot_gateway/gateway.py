@@ -1,9 +1,9 @@
 """The gateway service: MQTT messages in; checked samples to live state, time series and bus.
 
-paho delivers messages on its own thread. There the message is only checked (pure code)
-and queued; an asyncio task writes the queue in batches, so the MQTT thread never waits
-on a store and the stores get few, large writes. When the queue is full the MQTT thread
-waits, which pushes back onto the broker (it keeps the QoS 1 messages) instead of losing any.
+Each message is only checked (pure code) and queued where it arrives; an asyncio task writes
+the queue in batches, so reading MQTT never waits on a store and the stores get few, large
+writes. When the queue is full the MQTT reader pauses (see `backlogged`), which pushes back
+onto the broker (it keeps the QoS 1 messages) instead of losing any.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import logging
 import random
 import threading
-import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
@@ -111,13 +110,13 @@ class Gateway:
             except Exception:
                 log.exception("cannot reload the device registry; keeping the cached one")
                 continue
-            # One assignment: the MQTT thread sees either the old dict or the new one, never half.
+            # One assignment: a message is checked against the old dict or the new one, never half.
             self._kinds = fresh
 
-    # --- the MQTT thread side --------------------------------------------------------------
+    # --- the MQTT side --------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> None:
-        """Check one message and queue the outcome. Safe to call from any thread."""
+        """Check one message and queue the outcome (quick, no I/O: it runs as messages arrive)."""
         now = self._clock.now_ms()
         checked = check_message(topic, payload, self._kinds, now)
         if checked.samples:
@@ -126,14 +125,13 @@ class Gateway:
             self._statuses.append(checked.status)
         if checked.rejections:
             cut = payload[:DEAD_LETTER_PAYLOAD_BYTES]
-            self._dead.extend(
-                DeadLetter(topic, cut, reason, detail, now) for reason, detail in checked.rejections
-            )
-        # Backpressure: hold the MQTT thread (and so the broker) rather than grow without bound.
-        while len(self._pending) > self._opts.pending_max and not self._stopping.is_set():
-            time.sleep(0.005)
+            self._dead.extend(DeadLetter(topic, cut, reason, detail, now) for reason, detail in checked.rejections)
 
     # --- the writer ------------------------------------------------------------------------
+
+    def backlogged(self) -> bool:
+        """True while more is queued than the writer should hold: the MQTT reader pauses."""
+        return len(self._pending) > self._opts.pending_max
 
     def pending(self) -> int:
         return len(self._pending) + len(self._retry) + len(self._statuses) + len(self._dead)

@@ -65,16 +65,13 @@ class Settings(BaseSettings):
         if self.environment != "production":
             return self
         if not self.database_url:
-            raise ValueError(
-                "production needs CITYOPS_DATABASE_URL (PostgreSQL); SQLite is the embedded default"
-            )
+            raise ValueError("production needs CITYOPS_DATABASE_URL (PostgreSQL); SQLite is the embedded default")
         for name in ("database_url", "redis_url", "influx_url", "mqtt_url"):
             url = getattr(self, name)
             if url and (urlsplit(url).password or "") in DEFAULT_SECRETS:
                 raise ValueError(f"{name} uses a default password; set a real secret in production")
         if self.admin_token is not None and (
-            self.admin_token.get_secret_value() in DEFAULT_SECRETS
-            or len(self.admin_token.get_secret_value()) < 24
+            self.admin_token.get_secret_value() in DEFAULT_SECRETS or len(self.admin_token.get_secret_value()) < 24
         ):
             raise ValueError("admin_token is a default or shorter than 24 characters")
         return self

@@ -13,9 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 T = TypeVar("T")
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T]], timeout_s: float = 15.0, interval_s: float = 0.05
-) -> T:
+async def eventually(probe: Callable[[], Awaitable[T]], timeout_s: float = 15.0, interval_s: float = 0.05) -> T:
     """Poll `probe` until it returns something truthy (or raise with the last result)."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
@@ -30,9 +28,7 @@ async def eventually(
 class Publisher:
     """A sensor: a paho client that publishes and waits until the broker has each QoS 1 message."""
 
-    def __init__(
-        self, host: str, port: int, client_id: str = "", will: tuple[str, bytes] | None = None
-    ) -> None:
+    def __init__(self, host: str, port: int, client_id: str = "", will: tuple[str, bytes] | None = None) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1)

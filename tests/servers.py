@@ -66,9 +66,7 @@ class Server:
     def start(self) -> None:
         self.log_path = self.workdir / f"{self.name}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - the file lives as long as the process
-        self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
-        )
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         try:
             if self.ready == "influx":
                 _wait_http(f"http://127.0.0.1:{self.port}/ping")
@@ -220,8 +218,6 @@ def new_database(server: Server, name: str) -> str:
     """A fresh empty database on the server; its URL."""
     import psycopg
 
-    with psycopg.connect(
-        f"host=127.0.0.1 port={server.port} user=postgres dbname=postgres", autocommit=True
-    ) as c:
+    with psycopg.connect(f"host=127.0.0.1 port={server.port} user=postgres dbname=postgres", autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
     return f"postgresql://postgres@127.0.0.1:{server.port}/{name}"

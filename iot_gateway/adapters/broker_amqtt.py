@@ -29,9 +29,7 @@ class EmbeddedBroker:
         try:
             await self._broker.start()
         except Exception as exc:
-            raise CityOpsError(
-                f"embedded MQTT broker cannot listen on {self.host}:{self.port}: {exc}"
-            ) from exc
+            raise CityOpsError(f"embedded MQTT broker cannot listen on {self.host}:{self.port}: {exc}") from exc
         log.info("embedded MQTT broker on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:

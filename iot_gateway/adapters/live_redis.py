@@ -14,15 +14,23 @@ from kernel.model import DeviceStatus, Sample, sample_from_dict, sample_to_dict
 from kernel.ports import LiveEntry
 
 # Compare-and-set in one round trip, so two gateway processes cannot put an older sample back.
+# ARGV: time field, value field, tie wins ('1' or '0'), then a (time, value) pair per key.
 _SET_IF_NEWER = """
-local cur = redis.call('HGET', KEYS[1], ARGV[3])
-local new = tonumber(ARGV[1])
-if (not cur) or tonumber(cur) < new or (ARGV[5] == '1' and tonumber(cur) == new) then
-  redis.call('HSET', KEYS[1], ARGV[3], ARGV[1], ARGV[4], ARGV[2])
-  return 1
+local time_field, value_field, tie = ARGV[1], ARGV[2], ARGV[3] == '1'
+local written = 0
+for i, key in ipairs(KEYS) do
+  local new = tonumber(ARGV[2 + 2 * i])
+  local cur = redis.call('HGET', key, time_field)
+  if (not cur) or tonumber(cur) < new or (tie and tonumber(cur) == new) then
+    redis.call('HSET', key, time_field, ARGV[2 + 2 * i], value_field, ARGV[3 + 2 * i])
+    written = written + 1
+  end
 end
-return 0
+return written
 """
+# Keys per script call: large enough that a batch costs a few round trips, small enough that
+# one call never holds Redis for long.
+_CHUNK = 1000
 
 
 class RedisLive:
@@ -42,15 +50,15 @@ class RedisLive:
                 newest[sample.device_id] = sample
         if not newest:
             return
+        items = list(newest.items())
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for device_id, sample in newest.items():
-                    await self._script(
-                        keys=[self._prefix + device_id],
-                        args=[sample.ts_ms, json.dumps(sample_to_dict(sample)), "ts", "sample", "0"],
-                        client=pipe,
-                    )
-                await pipe.execute()
+            for start in range(0, len(items), _CHUNK):
+                chunk = items[start : start + _CHUNK]
+                args: list[str | int] = ["ts", "sample", "0"]
+                for _device_id, sample in chunk:
+                    args.append(sample.ts_ms)
+                    args.append(json.dumps(sample_to_dict(sample)))
+                await self._script(keys=[self._prefix + device_id for device_id, _ in chunk], args=args)
         except RedisError as exc:
             raise StoreError(f"redis live state write failed: {exc}") from exc
 
@@ -59,7 +67,7 @@ class RedisLive:
             await self._script(
                 keys=[self._prefix + status.device_id],
                 # A later message with the same millisecond wins, as the broker delivered it last.
-                args=[status.at_ms, status.status, "status_at", "status", "1"],
+                args=["status_at", "status", "1", status.at_ms, status.status],
             )
         except RedisError as exc:
             raise StoreError(f"redis live state write failed: {exc}") from exc

@@ -1,16 +1,20 @@
 """MQTT client side of the gateway, on paho-mqtt.
 
 The gateway is a QoS 1 subscriber with a persistent session (MQTT 3.1.1 clean_session=False),
-so the broker keeps what sensors publish while the gateway restarts. paho runs its network loop
-in a thread of its own; the message callback must be quick and never block on I/O.
+so the broker keeps what sensors publish while the gateway restarts. The message callback runs
+on the event loop: it must be quick and never block on I/O.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -76,7 +80,17 @@ def new_client(target: MqttTarget, client_id: str, *, clean_session: bool) -> mq
 
 
 class PahoIngress:
-    """Subscribes to the gateway topics and hands each message to `on_message(topic, payload)`."""
+    """Subscribes to the gateway topics and hands each message to `on_message(topic, payload)`.
+
+    paho runs inside the asyncio event loop (its external-loop hooks, as aiomqtt does), not in
+    a thread of its own: with one thread there is no GIL convoy between paho's many small
+    socket calls and the writer, which halved throughput when paho had its own thread.
+    Backpressure: while `backlogged()` is true the socket is not read, so TCP and then the
+    broker hold the QoS 1 messages instead of this process growing without bound.
+    """
+
+    # Messages handled per readable event before other tasks get a turn.
+    READ_BURST = 256
 
     def __init__(
         self,
@@ -87,22 +101,93 @@ class PahoIngress:
         *,
         qos: int = 1,
         clean_session: bool = False,
+        backlogged: Callable[[], bool] = lambda: False,
     ) -> None:
         self._target = target
         self._topics = topics
         self._qos = qos
         self._handler = on_message
+        self._backlogged = backlogged
         self._client = new_client(target, client_id, clean_session=clean_session)
+        self._client.connect_timeout = 5.0
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        self._subscribed = threading.Event()
+        self._client.on_socket_open = self._on_socket_open
+        self._client.on_socket_close = self._on_socket_close
+        self._client.on_socket_register_write = self._on_register_write
+        self._client.on_socket_unregister_write = self._on_unregister_write
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sock: Any = None
+        self._paused = False
+        self._stopping = False
+        self._received = 0
+        self._ever_connected = False
         self.connected = False
         self.last_error: str | None = None
 
-    def _on_connect(
-        self, client: mqtt.Client, _ud: object, _flags: object, reason: object, _p: object
-    ) -> None:
+    # --- paho's hooks (all run on the event loop thread, or are sent there) -------------------
+
+    def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, _c: mqtt.Client, _ud: object, sock: Any) -> None:
+        self._in_loop(self._watch, sock)
+
+    def _watch(self, sock: Any) -> None:
+        assert self._loop is not None
+        self._sock = sock
+        self._paused = False
+        self._loop.add_reader(sock, self._on_readable)
+
+    def _on_socket_close(self, _c: mqtt.Client, _ud: object, sock: Any) -> None:
+        self._in_loop(self._unwatch, sock)
+
+    def _unwatch(self, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+        if self._sock is sock:
+            self._sock = None
+
+    def _on_register_write(self, client: mqtt.Client, _ud: object, sock: Any) -> None:
+        assert self._loop is not None
+        self._in_loop(self._loop.add_writer, sock, client.loop_write)
+
+    def _on_unregister_write(self, _c: mqtt.Client, _ud: object, sock: Any) -> None:
+        assert self._loop is not None
+        self._in_loop(self._loop.remove_writer, sock)
+
+    def _on_readable(self) -> None:
+        client = self._client
+        for _ in range(self.READ_BURST):
+            before = self._received
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or self._received == before:
+                break
+        if self._backlogged() and self._sock is not None and not self._paused:
+            self._paused = True
+            assert self._loop is not None
+            self._loop.remove_reader(self._sock)
+            self._loop.call_later(0.01, self._maybe_resume)
+
+    def _maybe_resume(self) -> None:
+        assert self._loop is not None
+        if not self._paused or self._sock is None:
+            return
+        if self._backlogged():
+            self._loop.call_later(0.01, self._maybe_resume)
+            return
+        self._paused = False
+        self._loop.add_reader(self._sock, self._on_readable)
+
+    def _on_connect(self, client: mqtt.Client, _ud: object, _flags: object, reason: object, _p: object) -> None:
         if getattr(reason, "is_failure", False):
             self.last_error = f"connect refused: {reason}"
             log.error("MQTT %s", self.last_error)
@@ -111,21 +196,18 @@ class PahoIngress:
         # Subscribing on every connect keeps working after a broker that lost our session.
         result, _mid = client.subscribe([(t, self._qos) for t in self._topics])
         if result == mqtt.MQTT_ERR_SUCCESS:
-            self._subscribed.set()
-        log.info(
-            "MQTT connected to %s:%d, subscribed to %s", self._target.host, self._target.port, self._topics
-        )
+            self._in_loop(self._subscribed.set)
+        log.info("MQTT connected to %s:%d, subscribed to %s", self._target.host, self._target.port, self._topics)
 
-    def _on_disconnect(
-        self, _c: mqtt.Client, _ud: object, _flags: object, reason: object, _p: object
-    ) -> None:
+    def _on_disconnect(self, _c: mqtt.Client, _ud: object, _flags: object, reason: object, _p: object) -> None:
         self.connected = False
-        self._subscribed.clear()
+        self._in_loop(self._subscribed.clear)
         if getattr(reason, "is_failure", False):
             self.last_error = f"disconnected: {reason}"
-            log.warning("MQTT %s; paho reconnects by itself", self.last_error)
+            log.warning("MQTT %s; reconnecting", self.last_error)
 
     def _on_message(self, _c: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
+        self._received += 1
         try:
             topic = msg.topic
         except UnicodeDecodeError:
@@ -136,15 +218,59 @@ class PahoIngress:
             # One message must never take the gateway down; it is logged with its traceback.
             log.exception("gateway failed on a message on %r", topic)
 
-    def start(self) -> None:
-        """Connect in the background; paho retries until the broker answers."""
-        self._client.connect_async(self._target.host, self._target.port, keepalive=30)
-        self._client.loop_start()
+    # --- lifecycle ---------------------------------------------------------------------------
 
-    def wait_subscribed(self, timeout_s: float) -> bool:
-        return self._subscribed.wait(timeout_s)
+    async def start(self) -> None:
+        """Connect in the background; retried with backoff until the broker answers."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._task = asyncio.create_task(self._keep_connected(), name="mqtt-ingress")
 
-    def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+    async def _connect(self) -> None:
+        # The TCP connect blocks; it runs in a thread, and the hooks it fires are sent to the loop.
+        if self._ever_connected:
+            await asyncio.to_thread(self._client.reconnect)
+        else:
+            await asyncio.to_thread(self._client.connect, self._target.host, self._target.port, 30)
+            self._ever_connected = True
+
+    async def _keep_connected(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            if self._sock is None:
+                try:
+                    await self._connect()
+                    backoff = 1.0
+                except (OSError, ValueError) as exc:
+                    self.last_error = f"cannot reach broker: {exc}"
+                    log.warning("MQTT %s; retrying in %.0fs", self.last_error, backoff)
+                    await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+            else:
+                self._client.loop_misc()
+            await asyncio.sleep(1.0)
+
+    async def wait_subscribed(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Disconnect cleanly (the broker keeps the persistent session) and stop reconnecting."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sock is not None:
+            self._client.disconnect()
+            for _ in range(100):  # the DISCONNECT goes out on the next writable event
+                if self._sock is None:
+                    break
+                await asyncio.sleep(0.01)
+            if self._sock is not None:
+                self._unwatch(self._sock)
         self.connected = False

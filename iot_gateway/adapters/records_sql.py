@@ -178,6 +178,5 @@ class SqlDeadLetters:
             query = query.where(dead_letters.c.reason == reason)
         with self._engine.connect() as conn:
             return [
-                DeadLetter(r.topic, bytes(r.payload), r.reason, r.detail, r.received_at_ms)
-                for r in conn.execute(query)
+                DeadLetter(r.topic, bytes(r.payload), r.reason, r.detail, r.received_at_ms) for r in conn.execute(query)
             ]

@@ -24,8 +24,45 @@ from kernel.model import DeviceKind, Position, Reading, Sample, SensorKind
 log = logging.getLogger(__name__)
 
 
+# Tag escaping as InfluxDB's line protocol (and influxdb-client) define it.
+_ESCAPE_TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t"})
+
+
+def _escape_tag(value: str) -> str:
+    escaped = value.translate(_ESCAPE_TAG)
+    # A trailing backslash would escape the separator after it.
+    return escaped + " " if escaped.endswith("\\") else escaped
+
+
+def _num(value: float) -> str:
+    # Floats always: a field's type is fixed by its first write, and integers would conflict.
+    return repr(float(value))
+
+
 def to_line(sample: Sample) -> str:
-    """One sample as line protocol: measurement = kind, tag = device_id, time in ms."""
+    """One sample as line protocol: measurement = kind, tag = device_id, time in ms.
+
+    Built directly (the hot path: ~1 us against ~6 us through influxdb-client's Point);
+    a test checks that it matches what Point writes, field for field.
+    """
+    fields: list[str]
+    if isinstance(sample, Reading):
+        fields = ["value=" + _num(sample.value)]
+        if sample.battery_pct is not None:
+            fields.append("battery_pct=" + _num(sample.battery_pct))
+        if sample.alarm is not None:
+            fields.append("alarm=true" if sample.alarm else "alarm=false")
+    else:
+        fields = ["lat=" + _num(sample.lat), "lon=" + _num(sample.lon)]
+        if sample.speed_kmh is not None:
+            fields.append("speed_kmh=" + _num(sample.speed_kmh))
+        if sample.heading_deg is not None:
+            fields.append("heading_deg=" + _num(sample.heading_deg))
+    return f"{sample.kind},device_id={_escape_tag(sample.device_id)} {','.join(fields)} {sample.ts_ms}"
+
+
+def to_line_with_point(sample: Sample) -> str:
+    """The same line through influxdb-client's Point: the reference `to_line` is tested against."""
     point = Point(sample.kind).tag("device_id", sample.device_id)
     if isinstance(sample, Reading):
         point.field("value", sample.value)
@@ -115,9 +152,7 @@ class InfluxSeries:
             for _ in range(overflow):
                 self._buffer.popleft()
             self.dropped += overflow
-            log.error(
-                "influx buffer full: dropped %d oldest lines (%d dropped in all)", overflow, self.dropped
-            )
+            log.error("influx buffer full: dropped %d oldest lines (%d dropped in all)", overflow, self.dropped)
         self._idle.clear()
         self._wake.set()
 
@@ -199,9 +234,7 @@ class InfluxSeries:
                 rows.extend(dict(zip(columns, values, strict=True)) for values in series["values"])
         return rows
 
-    async def read(
-        self, device_id: str, kind: DeviceKind, start_ms: int, end_ms: int, limit: int
-    ) -> list[Sample]:
+    async def read(self, device_id: str, kind: DeviceKind, start_ms: int, end_ms: int, limit: int) -> list[Sample]:
         rows = await self._query(
             f'SELECT * FROM "{kind}" WHERE "device_id" = {_quote(device_id)} '
             f"AND time >= {int(start_ms)}ms AND time <= {int(end_ms)}ms ORDER BY time ASC LIMIT {int(limit)}"

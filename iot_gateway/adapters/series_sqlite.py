@@ -105,15 +105,12 @@ class SqliteSeries:
 
     def _read(self, device_id: str, start_ms: int, end_ms: int, limit: int) -> list[Sample]:
         cur = self._connection().execute(
-            f"SELECT {_COLUMNS} FROM samples WHERE device_id = ? AND ts_ms BETWEEN ? AND ? "
-            "ORDER BY ts_ms LIMIT ?",
+            f"SELECT {_COLUMNS} FROM samples WHERE device_id = ? AND ts_ms BETWEEN ? AND ? ORDER BY ts_ms LIMIT ?",
             (device_id, start_ms, end_ms, limit),
         )
         return [_sample(row) for row in cur.fetchall()]
 
-    async def read(
-        self, device_id: str, kind: DeviceKind, start_ms: int, end_ms: int, limit: int
-    ) -> list[Sample]:
+    async def read(self, device_id: str, kind: DeviceKind, start_ms: int, end_ms: int, limit: int) -> list[Sample]:
         result: list[Sample] = await self._run(self._read, device_id, start_ms, end_ms, limit)
         return result
 

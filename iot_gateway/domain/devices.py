@@ -36,9 +36,7 @@ def device_problems(kind: str, attributes: Mapping[str, Any]) -> list[tuple[tupl
             problems.append((("category",), f"category must be one of {', '.join(VEHICLE_CATEGORIES)}"))
     interval = attributes.get("expected_interval_s")
     if interval is not None and (not _is_number(interval) or interval <= 0):
-        problems.append(
-            (("expected_interval_s",), "expected_interval_s must be a positive number of seconds")
-        )
+        problems.append((("expected_interval_s",), "expected_interval_s must be a positive number of seconds"))
     return problems
 
 

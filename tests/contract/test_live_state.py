@@ -14,9 +14,7 @@ from kernel.ports import LiveState
 
 @pytest.fixture(params=["memory", "redis"])
 async def live(request: pytest.FixtureRequest) -> AsyncIterator[LiveState]:
-    store: LiveState = (
-        MemoryLive() if request.param == "memory" else RedisLive(request.getfixturevalue("redis_url"))
-    )
+    store: LiveState = MemoryLive() if request.param == "memory" else RedisLive(request.getfixturevalue("redis_url"))
     yield store
     await store.close()
 

@@ -42,9 +42,7 @@ GAUGE = Device(
 
 
 def test_add_get_and_list(devices: SqlDevices) -> None:
-    truck = Device(
-        "veh-1", "vehicle", "危化品运输车", 20.0, 110.3, None, {"plate": "琼A·1", "category": "hazmat"}
-    )
+    truck = Device("veh-1", "vehicle", "危化品运输车", 20.0, 110.3, None, {"plate": "琼A·1", "category": "hazmat"})
     devices.add(GAUGE)
     devices.add(truck)
     assert devices.get("res-1") == GAUGE
@@ -67,9 +65,7 @@ def test_a_taken_id_is_refused(devices: SqlDevices) -> None:
 
 def test_upsert_changes_in_place(devices: SqlDevices) -> None:
     devices.upsert(GAUGE)
-    moved = Device(
-        "res-1", "water_level", "renamed", 1.0, 2.0, None, {"warning_level_m": 1, "danger_level_m": 2}
-    )
+    moved = Device("res-1", "water_level", "renamed", 1.0, 2.0, None, {"warning_level_m": 1, "danger_level_m": 2})
     devices.upsert(moved)
     assert devices.get("res-1") == moved
     assert devices.count() == 1

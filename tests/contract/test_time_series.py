@@ -46,9 +46,7 @@ async def test_the_same_device_and_ts_is_stored_once(series: TimeSeries) -> None
 
 
 async def test_devices_do_not_mix(series: TimeSeries) -> None:
-    await series.write(
-        [Reading("a", "gas", 1_700_000_000_000, 1.0), Reading("b", "gas", 1_700_000_000_000, 2.0)]
-    )
+    await series.write([Reading("a", "gas", 1_700_000_000_000, 1.0), Reading("b", "gas", 1_700_000_000_000, 2.0)])
     await series.flush()
     assert [r.device_id for r in await series.read("a", "gas", 0, 2_000_000_000_000, 10)] == ["a"]
 

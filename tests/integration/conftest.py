@@ -55,9 +55,7 @@ def production_settings(request: pytest.FixtureRequest, data_dir: Path, **extra:
 
 
 def embedded_settings(data_dir: Path, **extra: Any) -> Settings:
-    return load_settings(
-        None, data_dir=data_dir, mqtt_port=servers.free_port(), ingest_flush_interval_s=0.02, **extra
-    )
+    return load_settings(None, data_dir=data_dir, mqtt_port=servers.free_port(), ingest_flush_interval_s=0.02, **extra)
 
 
 @pytest.fixture(params=["embedded", "production"])

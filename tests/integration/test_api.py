@@ -77,9 +77,7 @@ def _locs(answer: httpx.Response) -> list[list[Any]]:
         ({"colour": "red"}, ["body", "colour"]),
     ],
 )
-async def test_a_wrong_device_is_422_naming_the_field(
-    center: Center, change: dict[str, Any], loc: list[Any]
-) -> None:
+async def test_a_wrong_device_is_422_naming_the_field(center: Center, change: dict[str, Any], loc: list[Any]) -> None:
     assert loc in _locs(await center.api.post("/api/devices", json={**GAUGE, **change}))
     assert (await center.api.get("/api/devices")).json() == []
 
@@ -105,27 +103,21 @@ async def test_unknown_ids_are_404(center: Center) -> None:
 
 async def test_readings_window_must_be_a_time(center: Center) -> None:
     await center.api.post("/api/devices", json=GAUGE)
-    assert ["query", "start"] in _locs(
-        await center.api.get("/api/devices/res-1/readings", params={"start": "soon"})
-    )
+    assert ["query", "start"] in _locs(await center.api.get("/api/devices/res-1/readings", params={"start": "soon"}))
     assert ["query", "start"] in _locs(
         await center.api.get(
             "/api/devices/res-1/readings",
             params={"start": "2026-11-02T00:00:00+08:00", "end": "2026-11-01T00:00:00+08:00"},
         )
     )
-    ok = await center.api.get(
-        "/api/devices/res-1/readings", params={"start": "1795000000000", "end": "1795000001000"}
-    )
+    ok = await center.api.get("/api/devices/res-1/readings", params={"start": "1795000000000", "end": "1795000001000"})
     assert ok.status_code == 200
     assert ok.json() == []
 
 
 async def test_list_devices_filters_by_kind(center: Center) -> None:
     await center.api.post("/api/devices", json=GAUGE)
-    await center.api.post(
-        "/api/devices", json={"id": "g1", "kind": "gas", "name": "燃气", "lat": 20, "lon": 110}
-    )
+    await center.api.post("/api/devices", json={"id": "g1", "kind": "gas", "name": "燃气", "lat": 20, "lon": 110})
     assert [d["id"] for d in (await center.api.get("/api/devices", params={"kind": "gas"})).json()] == ["g1"]
     assert (await center.api.get("/api/devices", params={"kind": "rain"})).status_code == 422
 

@@ -52,9 +52,7 @@ def cityops(*args: str, data_dir: Path, env: dict[str, str] | None = None) -> It
             except httpx.HTTPError:
                 time.sleep(0.1)
         else:
-            raise AssertionError(
-                "cityops did not start: " + (data_dir.parent / f"cityops-{http}.log").read_text()
-            )
+            raise AssertionError("cityops did not start: " + (data_dir.parent / f"cityops-{http}.log").read_text())
         yield base, broker
     finally:
         proc.send_signal(signal.SIGTERM)

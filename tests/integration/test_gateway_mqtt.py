@@ -80,9 +80,7 @@ async def test_a_bad_message_is_a_dead_letter_and_the_next_good_one_goes_through
         payload = json.dumps({"ts": now_ms() + 10 * 60_000, "value": 24.0}).encode()
     await center.sensor.publish(topic, payload)
     good_ts = now_ms()
-    await center.sensor.publish(
-        "city/sensors/water_level/res-tielu", json.dumps({"ts": good_ts, "value": 24.2})
-    )
+    await center.sensor.publish("city/sensors/water_level/res-tielu", json.dumps({"ts": good_ts, "value": 24.2}))
 
     async def good_is_live() -> bool:
         return await latest_ts(center, "res-tielu") == good_ts
@@ -145,12 +143,8 @@ async def test_a_reading_delivered_twice_is_stored_once(center: Center) -> None:
     await center.register(GAUGE)
     ts = now_ms() - 1000
     for _ in range(3):
-        await center.sensor.publish(
-            "city/sensors/water_level/res-tielu", json.dumps({"ts": ts, "value": 24.5})
-        )
-    await center.sensor.publish(
-        "city/sensors/water_level/res-tielu", json.dumps({"ts": ts + 1, "value": 24.6})
-    )
+        await center.sensor.publish("city/sensors/water_level/res-tielu", json.dumps({"ts": ts, "value": 24.5}))
+    await center.sensor.publish("city/sensors/water_level/res-tielu", json.dumps({"ts": ts + 1, "value": 24.6}))
     await eventually(lambda: _has_latest(center, ts + 1))
     history = (await center.api.get("/api/devices/res-tielu/readings")).json()
     assert [(r["ts_ms"], r["value"]) for r in history] == [(ts, 24.5), (ts + 1, 24.6)]

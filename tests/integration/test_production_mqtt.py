@@ -47,9 +47,7 @@ async def test_readings_published_while_the_gateway_restarts_are_not_lost(
     sensor = Publisher(target.host, target.port)
     start = int(time.time() * 1000) - 60_000
     for i in range(50):  # the gateway is away: Mosquitto keeps these for its persistent session
-        await sensor.publish(
-            "city/sensors/water_level/res-1", json.dumps({"ts": start + i, "value": 20 + i / 100})
-        )
+        await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": start + i, "value": 20 + i / 100}))
     sensor.close()
 
     second = await start_runtime(settings, SystemClock())
@@ -93,9 +91,7 @@ async def test_two_gateways_in_a_shared_group_split_the_load_and_store_everythin
                 sensor.client.publish(
                     "city/sensors/water_level/res-1", json.dumps({"ts": start + i, "value": 20.0}), qos=1
                 )
-            await sensor.publish(
-                "city/sensors/water_level/res-1", json.dumps({"ts": start + 200, "value": 20.0})
-            )
+            await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": start + 200, "value": 20.0}))
             sensor.close()
 
             async def all_stored() -> bool:

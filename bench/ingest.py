@@ -1,0 +1,307 @@
+"""bench/ingest: the gateway's sustained ingest rate against a bare paho subscriber, same broker, same run.
+
+Production: Mosquitto, Redis, InfluxDB and PostgreSQL are started on free loopback ports; 100,000
+devices are registered. N readings are published while the subscriber is away, so the broker
+queues them for its persistent session; then the subscriber comes back and the time to drain
+the queue is measured from the first message to the last. The baseline is a bare paho client that
+only counts; the gateway's figure counts a reading when it is validated, in Redis and in InfluxDB
+(polled in InfluxDB itself). Embedded default: `cityops run` with its in-process amqtt broker,
+memory live state and SQLite; the bare subscriber and the gateway drain the same publish stream.
+
+    python -m bench.ingest [--n 200000] [--devices 100000] [--embedded-n 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+
+from iot_gateway.adapters.records_sql import SqlDevices
+from kernel.db import database_url, make_engine
+from kernel.model import Device, DeviceKind
+from tests import servers
+
+BASE_TS = int(time.time() * 1000) - 3 * 24 * 3600 * 1000
+
+
+def register_devices(url: str | None, data_dir: Path, count: int) -> list[Device]:
+    # One gauge to nine smoke and ten gas detectors, roughly a smart community's mix.
+    smoke: list[DeviceKind] = ["smoke"] * 9
+    gas: list[DeviceKind] = ["gas"] * 10
+    kinds: list[DeviceKind] = ["water_level", *smoke, *gas]
+    devices = []
+    for i in range(count):
+        kind = kinds[i % len(kinds)]
+        attributes: dict[str, Any] = {"warning_level_m": 25.0, "danger_level_m": 27.0} if kind == "water_level" else {}
+        devices.append(Device(f"{kind}-{i:06d}", kind, f"bench {i}", 20.0 + i * 1e-6, 110.3, None, attributes))
+    engine = make_engine(database_url(url, data_dir))
+    store = SqlDevices(engine)
+    store.create_schema()
+    for start in range(0, count, 10_000):
+        store.add_many(devices[start : start + 10_000])
+    engine.dispose()
+    return devices
+
+
+def messages(devices: list[Device], n: int) -> list[tuple[str, bytes]]:
+    units = {"water_level": "m", "smoke": "%/m", "gas": "%LEL"}
+    out = []
+    for i in range(n):
+        d = devices[i % len(devices)]
+        value = 22.5 if d.kind == "water_level" else 1.5
+        body = {"ts": BASE_TS + i, "value": value, "unit": units[d.kind]}
+        out.append((f"city/sensors/{d.kind}/{d.id}", json.dumps(body).encode()))
+    return out
+
+
+def publish_all(port: int, batch: list[tuple[str, bytes]]) -> float:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv311)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port, keepalive=60)
+    client.loop_start()
+    started = time.perf_counter()
+    last = None
+    for i, (topic, payload) in enumerate(batch):
+        # paho's message ids wrap at 65,535: keep fewer than that unacknowledged.
+        if last is not None and i % 20_000 == 0:
+            last.wait_for_publish(600)
+        last = client.publish(topic, payload, qos=1)
+    if last is not None:
+        last.wait_for_publish(600)
+    elapsed = time.perf_counter() - started
+    client.disconnect()
+    client.loop_stop()
+    return elapsed
+
+
+def start_bare(port: int, mode: str, n: int = 0) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_subscriber", mode, "--port", str(port), "--n", str(n)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "subscribed" not in line:
+        raise RuntimeError(f"bare subscriber did not subscribe: {line!r}")
+    return proc
+
+
+def finish_bare(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=900)
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def measure(count: Callable[[], int], n: int, timeout_s: float = 900, interval_s: float = 0.1) -> dict[str, Any]:
+    """Poll a stored count until it reaches n; rate from the first poll that saw data to the last."""
+    first_t = first_c = None
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = count()
+        now = time.perf_counter()
+        if seen and first_t is None:
+            first_t, first_c = now, seen
+        if seen >= n:
+            assert first_t is not None
+            assert first_c is not None
+            span = now - first_t
+            return {"stored": seen, "seconds": span, "rate": (seen - first_c) / span if span > 0 else 0.0}
+        time.sleep(interval_s)
+    raise RuntimeError(f"only {seen} of {n} readings stored within {timeout_s}s")
+
+
+def influx_count(url: str, db: str) -> int:
+    answer = httpx.get(f"{url}/query", params={"db": db, "q": "SELECT COUNT(value) FROM /.*/"}, timeout=30).json()
+    total = 0
+    for result in answer.get("results", []):
+        for series in result.get("series", []):
+            total += int(series["values"][0][1])
+    return total
+
+
+def sqlite_count(path: Path) -> int:
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+def cityops(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "command_center.cli", *args],
+        env={**os.environ, **env},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+
+
+def wait_log(log: Path, text: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{text!r} not in {log} after {timeout_s}s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def rss_mib(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def production(n: int, device_count: int, work: Path) -> dict[str, Any]:
+    mosq, red, influx = servers.mosquitto(work), servers.redis(work), servers.influxdb(work)
+    pg = servers.postgres()
+    try:
+        db_url = servers.new_database(pg, "bench")
+        devices = register_devices(db_url, work, device_count)
+        batch = messages(devices, n)
+
+        # Baseline: the bare subscriber drains what the broker kept for it.
+        start_bare(mosq.port, "prime").communicate(timeout=60)
+        publish_s = publish_all(mosq.port, batch)
+        bare = finish_bare(start_bare(mosq.port, "drain", n))
+        # Its session must not keep collecting what the gateway's phase publishes.
+        cleaner = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=True)
+        cleaner.connect("127.0.0.1", mosq.port)
+        cleaner.disconnect()
+
+        env = {
+            "CITYOPS_MQTT_URL": mosq.url,
+            "CITYOPS_REDIS_URL": red.url,
+            "CITYOPS_INFLUX_URL": influx.url,
+            "CITYOPS_INFLUX_DATABASE": "bench",
+            "CITYOPS_DATABASE_URL": db_url,
+            "CITYOPS_MQTT_CLIENT_ID": "bench-gateway",
+            "CITYOPS_DATA_DIR": str(work / "gw"),
+        }
+        log = work / "gateway.log"
+        first = cityops(["gateway"], env, log)
+        wait_log(log, "subscribed to")
+        stop(first)  # its persistent session stays with Mosquitto
+        publish_all(mosq.port, batch)
+        log.write_text("")
+        gateway = cityops(["gateway"], env, log)
+        wait_log(log, "gateway started with")
+        rss_idle = rss_mib(gateway.pid)
+        result = measure(lambda: influx_count(influx.url, "bench"), n)
+        rss_peak = rss_mib(gateway.pid)
+        import redis as redis_lib
+
+        live_keys = int(redis_lib.Redis.from_url(red.url).dbsize())
+        stop(gateway)
+        stats_line = [line for line in log.read_text().splitlines() if "gateway stopped cleanly" in line]
+        return {
+            "bare": bare,
+            "gateway": result,
+            "publish_s": publish_s,
+            "rss_idle_mib": rss_idle,
+            "rss_mib": rss_peak,
+            "live_keys": live_keys,
+            "stats": stats_line[-1] if stats_line else "",
+        }
+    finally:
+        for server in (mosq, red, influx):
+            server.stop()
+        servers.stop_postgres(pg)
+
+
+def embedded(n: int, device_count: int, work: Path) -> dict[str, Any]:
+    data = work / "embedded"
+    data.mkdir()
+    devices = register_devices(None, data, device_count)
+    batch = messages(devices, n)
+    http, broker = servers.free_port(), servers.free_port()
+    log = work / "embedded.log"
+    proc = cityops(["run", "--data-dir", str(data), "--http-port", str(http), "--mqtt-port", str(broker)], {}, log)
+    try:
+        wait_log(log, "Uvicorn running")
+        rss_idle = rss_mib(proc.pid)
+        bare_proc = start_bare(broker, "drain", n)
+        holder: dict[str, Any] = {}
+        counter = threading.Thread(
+            target=lambda: holder.update(measure(lambda: sqlite_count(data / "series.sqlite"), n))
+        )
+        counter.start()
+        publish_s = publish_all(broker, batch)
+        bare = finish_bare(bare_proc)
+        counter.join()
+        return {
+            "bare": bare,
+            "gateway": holder,
+            "publish_s": publish_s,
+            "rss_idle_mib": rss_idle,
+            "rss_mib": rss_mib(proc.pid),
+        }
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200_000, help="readings for the production run")
+    parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--embedded-n", type=int, default=20_000, help="readings for the embedded run (0 skips)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cityops-bench-"))
+    print(f"== bench/ingest: {args.n:,} readings, {args.devices:,} registered devices, {os.cpu_count()} cores ==")
+    prod = production(args.n, args.devices, work)
+    bare_rate, gw_rate = prod["bare"]["rate"], prod["gateway"]["rate"]
+    print("production: Mosquitto 2 + Redis 7 + InfluxDB 1.6 + PostgreSQL 15")
+    print(f"  publisher (QoS 1)           {args.n / prod['publish_s']:>10,.0f} readings/s")
+    print(
+        f"  bare paho subscriber        {bare_rate:>10,.0f} readings/s  (drain, {prod['bare']['received']:,} received)"
+    )
+    print(f"  cityops gateway             {gw_rate:>10,.0f} readings/s  (validated, in Redis and in InfluxDB)")
+    print(f"  ratio gateway / bare        {gw_rate / bare_rate:>10.2f}")
+    print(
+        f"  gateway RSS                 {prod['rss_idle_mib']:>10.0f} MiB with {args.devices:,} devices loaded, "
+        f"{prod['rss_mib']:.0f} MiB after the drain"
+    )
+    print(f"  Redis live-state keys       {prod['live_keys']:>10,}")
+    print(f"  {prod['stats'].split(': ', 1)[-1]}")
+    if args.embedded_n:
+        emb = embedded(args.embedded_n, args.devices, work)
+        e_bare, e_gw = emb["bare"]["rate"], emb["gateway"]["rate"]
+        print(f"embedded default: amqtt in-process + memory live state + SQLite, {args.embedded_n:,} readings")
+        print(f"  publisher (QoS 1)           {args.embedded_n / emb['publish_s']:>10,.0f} readings/s")
+        print(f"  bare paho subscriber        {e_bare:>10,.0f} readings/s  (same broker, same stream)")
+        print(f"  cityops gateway             {e_gw:>10,.0f} readings/s  (validated, in memory and in SQLite)")
+        print(f"  ratio gateway / bare        {e_gw / e_bare:>10.2f}")
+        print(
+            f"  process RSS                 {emb['rss_idle_mib']:>10.0f} MiB with {args.devices:,} devices loaded, "
+            f"{emb['rss_mib']:.0f} MiB after"
+        )
+
+
+if __name__ == "__main__":
+    main()
