@@ -12,6 +12,7 @@ import pytest
 from command_center.api import build_app
 from command_center.runtime import start_runtime, stop_runtime
 from kernel.clock import SystemClock
+from tests import servers
 from tests.helpers import Publisher, eventually
 
 from .conftest import production_settings
@@ -141,3 +142,40 @@ async def test_a_separate_gateway_learns_devices_registered_through_the_api_proc
 
 async def _knows(stats: dict[str, object]) -> bool:
     return stats["registered_devices"] == 1
+
+
+async def test_the_gateway_reconnects_after_the_broker_restarts(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    broker = servers.mosquitto(tmp_path)
+    settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-reconnect").model_copy(
+        update={"mqtt_url": broker.url}
+    )
+    runtime = await start_runtime(settings, SystemClock())
+    try:
+        assert runtime.ingress is not None
+        headers = {"Authorization": f"Bearer {runtime.admin_token}"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_app(runtime)), base_url="http://x", headers=headers
+        ) as api:
+            assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
+            broker.stop()
+
+            async def disconnected() -> bool:
+                return (await api.get("/api/health")).json()["status"] == "degraded"
+
+            await eventually(disconnected)
+            broker.start()  # same port; this Mosquitto kept no session, so the gateway must subscribe again
+            assert await runtime.ingress.wait_subscribed(40)
+            sensor = Publisher("127.0.0.1", broker.port)
+            ts = int(time.time() * 1000)
+            await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": ts, "value": 22.0}))
+            sensor.close()
+
+            async def arrived() -> bool:
+                latest = (await api.get("/api/devices/res-1")).json()["latest"]
+                return latest is not None and latest["ts_ms"] == ts
+
+            await eventually(arrived)
+            assert (await api.get("/api/health")).json()["status"] == "ok"
+    finally:
+        await stop_runtime(runtime)
+        broker.stop()
