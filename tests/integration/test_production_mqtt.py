@@ -160,7 +160,7 @@ async def test_the_gateway_reconnects_after_the_broker_restarts(request: pytest.
             broker.stop()
 
             async def disconnected() -> bool:
-                return (await api.get("/api/health")).json()["status"] == "degraded"
+                return bool((await api.get("/api/health")).json()["status"] == "degraded")
 
             await eventually(disconnected)
             broker.start()  # same port; this Mosquitto kept no session, so the gateway must subscribe again
