@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -43,15 +44,7 @@ def _sample_json(sample: Sample) -> dict[str, Any]:
 
 
 def _device_json(device: Device) -> dict[str, Any]:
-    return {
-        "id": device.id,
-        "kind": device.kind,
-        "name": device.name,
-        "lat": device.lat,
-        "lon": device.lon,
-        "grid_id": device.grid_id,
-        "attributes": device.attributes,
-    }
+    return dataclasses.asdict(device)
 
 
 def _bad(loc: tuple[str | int, ...], message: str, kind: str = "value_error") -> RequestValidationError:

@@ -12,6 +12,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 T = TypeVar("T")
 
+# A reservoir gauge as the API registers it.
+GAUGE = {
+    "id": "res-1",
+    "kind": "water_level",
+    "name": "水位",
+    "lat": 19.93,
+    "lon": 110.25,
+    "attributes": {"warning_level_m": 25.5, "danger_level_m": 26.8},
+}
+
 
 async def eventually(probe: Callable[[], Awaitable[T]], timeout_s: float = 15.0, interval_s: float = 0.05) -> T:
     """Poll `probe` until it returns something truthy (or raise with the last result)."""

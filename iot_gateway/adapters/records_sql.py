@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,15 +60,8 @@ def _device(row: Any) -> Device:
 
 
 def _values(device: Device) -> dict[str, Any]:
-    return {
-        "id": device.id,
-        "kind": device.kind,
-        "name": device.name,
-        "lat": device.lat,
-        "lon": device.lon,
-        "grid_id": device.grid_id,
-        "attributes": device.attributes,
-    }
+    # The table's columns are the dataclass's fields, name for name.
+    return dataclasses.asdict(device)
 
 
 class SqlDevices:

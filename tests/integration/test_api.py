@@ -8,16 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import Center
+from tests.helpers import GAUGE
 
-GAUGE = {
-    "id": "res-1",
-    "kind": "water_level",
-    "name": "水位",
-    "lat": 19.93,
-    "lon": 110.25,
-    "attributes": {"warning_level_m": 25.5, "danger_level_m": 26.8},
-}
+from .conftest import Center
 
 
 async def test_health_needs_no_token(center: Center) -> None:

@@ -42,3 +42,13 @@ async def test_writes_survive_an_outage_and_overflow_is_counted(server_dir: Path
     finally:
         await series.close(timeout_s=5)
         server.stop()
+
+
+async def test_close_during_an_outage_gives_up_in_time_and_counts_what_it_drops(tmp_path: Path) -> None:
+    server = servers.influxdb(tmp_path)
+    series = InfluxSeries(server.url, "outage2", batch_size=10)
+    server.stop()
+    await series.write([Reading("g", "gas", 1_700_000_000_000 + i, 1.0) for i in range(25)])
+    await series.close(timeout_s=0.5)
+    assert series.stats()["dropped"] == 25
+    assert series.stats()["written"] == 0

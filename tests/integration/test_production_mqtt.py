@@ -13,18 +13,9 @@ from command_center.api import build_app
 from command_center.runtime import start_runtime, stop_runtime
 from kernel.clock import SystemClock
 from tests import servers
-from tests.helpers import Publisher, eventually
+from tests.helpers import GAUGE, Publisher, eventually
 
 from .conftest import production_settings
-
-GAUGE = {
-    "id": "res-1",
-    "kind": "water_level",
-    "name": "水位",
-    "lat": 19.93,
-    "lon": 110.25,
-    "attributes": {"warning_level_m": 25.5, "danger_level_m": 26.8},
-}
 
 
 async def _readings(runtime_app: httpx.AsyncClient) -> list[float]:
