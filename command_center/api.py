@@ -22,7 +22,7 @@ from kernel.clock import parse_time, to_iso
 from kernel.errors import DuplicateError, StoreError
 from kernel.model import Device, Sample, sample_to_dict
 
-from .auth import DEVICE_WRITERS, ROLES, Principal, Role
+from .auth import DEVICE_WRITERS, Principal, Role
 from .city import DeviceSpec
 from .runtime import Runtime
 
@@ -102,6 +102,7 @@ def build_app(runtime: Runtime) -> FastAPI:
             components["mqtt"] = {
                 "state": "connected" if ingress.connected else "disconnected",
                 "last_error": ingress.last_error,
+                "backpressure_pauses": ingress.pauses,
             }
             degraded |= not ingress.connected
         try:
@@ -230,5 +231,4 @@ def build_app(runtime: Runtime) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.runtime = runtime
-    app.state.roles = ROLES
     return app

@@ -9,6 +9,7 @@ onto the broker (it keeps the QoS 1 messages) instead of losing any.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import threading
@@ -176,8 +177,8 @@ class Gateway:
                 seen[key] = None
                 fresh.append(sample)
             overflow = len(seen) - DEDUP_WINDOW
-            if overflow > 0:
-                for key in list(self._seen_keys(overflow)):
+            if overflow > 0:  # dicts keep insertion order: the first keys are the oldest
+                for key in list(itertools.islice(seen, overflow)):
                     del seen[key]
             self._retry = fresh
         if self._retry:
@@ -200,11 +201,6 @@ class Gateway:
             for letter in letters:
                 self.dead_counts[letter.reason] += 1
             self.counts["rejected"] += len(letters)
-
-    def _seen_keys(self, n: int) -> Any:
-        it = iter(self._seen)
-        for _ in range(n):
-            yield next(it)
 
     def stats(self) -> dict[str, Any]:
         return {

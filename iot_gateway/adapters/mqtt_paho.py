@@ -125,6 +125,7 @@ class PahoIngress:
         self._paused = False
         self._stopping = False
         self._received = 0
+        self.pauses = 0
         self._ever_connected = False
         self.connected = False
         self.last_error: str | None = None
@@ -173,6 +174,7 @@ class PahoIngress:
                 break
         if self._backlogged() and self._sock is not None and not self._paused:
             self._paused = True
+            self.pauses += 1
             assert self._loop is not None
             self._loop.remove_reader(self._sock)
             self._loop.call_later(0.01, self._maybe_resume)

@@ -170,3 +170,36 @@ async def test_the_gateway_reconnects_after_the_broker_restarts(request: pytest.
     finally:
         await stop_runtime(runtime)
         broker.stop()
+
+
+async def test_a_full_queue_pauses_reading_and_loses_nothing(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    # A queue of at most 100 readings against a burst of 3,000: the reader must pause, not drop.
+    settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-backpressure", ingest_pending_max=100)
+    runtime = await start_runtime(settings, SystemClock())
+    try:
+        assert runtime.ingress is not None
+        headers = {"Authorization": f"Bearer {runtime.admin_token}"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_app(runtime)), base_url="http://x", headers=headers
+        ) as api:
+            assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
+            target = runtime.mqtt_target()
+            sensor = Publisher(target.host, target.port)
+            start = int(time.time() * 1000) - 3_600_000
+            for i in range(2999):
+                sensor.client.publish(
+                    "city/sensors/water_level/res-1", json.dumps({"ts": start + i, "value": 20}), qos=1
+                )
+            await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": start + 2999, "value": 20}))
+            sensor.close()
+
+            async def all_stored() -> bool:
+                answer = await api.get("/api/devices/res-1/readings", params={"start": str(start - 1)})
+                return len(answer.json()) == 3000
+
+            await eventually(all_stored, timeout_s=60)
+            health = (await api.get("/api/health")).json()
+        assert health["components"]["mqtt"]["backpressure_pauses"] > 0
+        assert health["components"]["gateway"]["accepted"] == 3000
+    finally:
+        await stop_runtime(runtime)
