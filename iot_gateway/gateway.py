@@ -9,10 +9,10 @@ onto the broker (it keeps the QoS 1 messages) instead of losing any.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
-import threading
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +72,7 @@ class Gateway:
         self._seen: dict[tuple[str, int], None] = {}
         self._task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
-        self._stopping = threading.Event()
+        self._stopping = False
         self.counts: Counter[str] = Counter()
         self.dead_counts: Counter[str] = Counter()
         self.last_error: str | None = None
@@ -83,19 +83,31 @@ class Gateway:
         """Load the registry and start the writer; then feed it with `handle`."""
         self._kinds = await asyncio.to_thread(self._devices.kinds)
         self.dead_counts.update(await asyncio.to_thread(self._dead_store.counts))
-        self._stopping.clear()
+        self._stopping = False
         self._task = asyncio.create_task(self._writer(), name="gateway-writer")
         self._refresh_task = asyncio.create_task(self._refresh_registry(), name="gateway-registry")
         log.info("gateway started with %d registered devices", len(self._kinds))
 
-    async def stop(self) -> None:
-        """Hand everything queued to the stores, then stop. Call after the MQTT client stopped."""
-        self._stopping.set()
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Hand everything queued to the stores, then stop. Call after the MQTT client stopped.
+
+        A store that stays down past `timeout_s` must not hang the shutdown: what is still
+        queued then is logged and counted as `lost`.
+        """
+        self._stopping = True
         if self._refresh_task is not None:
             self._refresh_task.cancel()
             self._refresh_task = None
         if self._task is not None:
-            await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                lost = self.pending()
+                self.counts["lost"] += lost
+                log.error("stores unreachable at shutdown: %d queued items not written (%s)", lost, self.last_error)
             self._task = None
         # The time series flushes its own buffer on close, with a time limit (InfluxDB may be down).
 
@@ -141,7 +153,7 @@ class Gateway:
         backoff = 0.1
         while True:
             if not self.pending():
-                if self._stopping.is_set():
+                if self._stopping:
                     return
                 await asyncio.sleep(self._opts.flush_interval_s)
                 continue
@@ -210,5 +222,6 @@ class Gateway:
             "rejected": self.counts["rejected"],
             "statuses": self.counts["status"],
             "queued": self.pending(),
+            "lost": self.counts["lost"],
             "last_error": self.last_error,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -203,3 +204,37 @@ async def test_a_full_queue_pauses_reading_and_loses_nothing(request: pytest.Fix
         assert health["components"]["gateway"]["accepted"] == 3000
     finally:
         await stop_runtime(runtime)
+
+
+async def test_stop_with_redis_down_gives_up_in_time_and_counts_the_loss(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    own_redis = servers.redis(tmp_path)
+    settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-redis-down").model_copy(
+        update={"redis_url": own_redis.url}
+    )
+    runtime = await start_runtime(settings, SystemClock())
+    try:
+        assert (await asyncio.to_thread(runtime.devices.get, "res-1")) is None
+        headers = {"Authorization": f"Bearer {runtime.admin_token}"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_app(runtime)), base_url="http://x", headers=headers
+        ) as api:
+            assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
+        own_redis.stop()
+        target = runtime.mqtt_target()
+        sensor = Publisher(target.host, target.port)
+        await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": int(time.time() * 1000), "value": 1}))
+        sensor.close()
+        await eventually(lambda: _failing(runtime.gateway.stats()))
+    finally:
+        assert runtime.ingress is not None
+        await runtime.ingress.stop()
+        await runtime.gateway.stop(timeout_s=1)
+        assert runtime.gateway.stats()["lost"] == 1
+        await stop_runtime(runtime)
+        own_redis.stop()
+
+
+async def _failing(stats: dict[str, object]) -> bool:
+    return stats["last_error"] is not None
