@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,15 @@ class Center:
         return body
 
 
+@asynccontextmanager
+async def api_client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the runtime's API, as the admin."""
+    transport = httpx.ASGITransport(app=build_app(runtime))
+    headers = {"Authorization": f"Bearer {runtime.admin_token}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://cityops", headers=headers) as client:
+        yield client
+
+
 def production_settings(request: pytest.FixtureRequest, data_dir: Path, **extra: Any) -> Settings:
     mosquitto = request.getfixturevalue("mosquitto_server")
     influx = request.getfixturevalue("influx_server")
@@ -67,9 +77,7 @@ async def center(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     runtime = await start_runtime(settings, SystemClock())
     target = runtime.mqtt_target()
     sensor = Publisher(target.host, target.port)
-    transport = httpx.ASGITransport(app=build_app(runtime))
-    headers = {"Authorization": f"Bearer {runtime.admin_token}"}
-    async with httpx.AsyncClient(transport=transport, base_url="http://cityops", headers=headers) as api:
+    async with api_client(runtime) as api:
         yield Center(runtime, api, sensor)
     sensor.close()
     await stop_runtime(runtime)

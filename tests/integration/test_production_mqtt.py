@@ -10,13 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from command_center.api import build_app
 from command_center.runtime import start_runtime, stop_runtime
 from kernel.clock import SystemClock
 from tests import servers
 from tests.helpers import GAUGE, Publisher, eventually
 
-from .conftest import production_settings
+from .conftest import api_client, production_settings
 
 
 async def _readings(runtime_app: httpx.AsyncClient) -> list[float]:
@@ -29,11 +28,8 @@ async def test_readings_published_while_the_gateway_restarts_are_not_lost(
 ) -> None:
     settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-restart")
     first = await start_runtime(settings, SystemClock())
-    await httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=build_app(first)),
-        base_url="http://x",
-        headers={"Authorization": f"Bearer {first.admin_token}"},
-    ).post("/api/devices", json=GAUGE)
+    async with api_client(first) as api:
+        assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
     target = first.mqtt_target()
     await stop_runtime(first)
 
@@ -45,10 +41,7 @@ async def test_readings_published_while_the_gateway_restarts_are_not_lost(
 
     second = await start_runtime(settings, SystemClock())
     try:
-        headers = {"Authorization": f"Bearer {second.admin_token}"}
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_app(second)), base_url="http://x", headers=headers
-        ) as api:
+        async with api_client(second) as api:
 
             async def all_fifty() -> list[float]:
                 values = await _readings(api)
@@ -68,11 +61,7 @@ async def test_two_gateways_in_a_shared_group_split_the_load_and_store_everythin
     a = await start_runtime(base, SystemClock())
     b = await start_runtime(other, SystemClock())
     try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_app(a)),
-            base_url="http://x",
-            headers={"Authorization": f"Bearer {a.admin_token}"},
-        ) as api:
+        async with api_client(a) as api:
             assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
             registered = a.devices.get("res-1")
             assert registered is not None
@@ -110,10 +99,7 @@ async def test_a_separate_gateway_learns_devices_registered_through_the_api_proc
     )
     try:
         assert api_only.ingress is None
-        headers = {"Authorization": f"Bearer {api_only.admin_token}"}
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_app(api_only)), base_url="http://x", headers=headers
-        ) as api:
+        async with api_client(api_only) as api:
             assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
             await eventually(lambda: _knows(gateway.gateway.stats()))
             target = gateway.mqtt_target()
@@ -144,10 +130,7 @@ async def test_the_gateway_reconnects_after_the_broker_restarts(request: pytest.
     runtime = await start_runtime(settings, SystemClock())
     try:
         assert runtime.ingress is not None
-        headers = {"Authorization": f"Bearer {runtime.admin_token}"}
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_app(runtime)), base_url="http://x", headers=headers
-        ) as api:
+        async with api_client(runtime) as api:
             assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
             broker.stop()
 
@@ -179,10 +162,7 @@ async def test_a_full_queue_pauses_reading_and_loses_nothing(request: pytest.Fix
     runtime = await start_runtime(settings, SystemClock())
     try:
         assert runtime.ingress is not None
-        headers = {"Authorization": f"Bearer {runtime.admin_token}"}
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_app(runtime)), base_url="http://x", headers=headers
-        ) as api:
+        async with api_client(runtime) as api:
             assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
             target = runtime.mqtt_target()
             sensor = Publisher(target.host, target.port)
@@ -216,10 +196,7 @@ async def test_stop_with_redis_down_gives_up_in_time_and_counts_the_loss(
     runtime = await start_runtime(settings, SystemClock())
     try:
         assert (await asyncio.to_thread(runtime.devices.get, "res-1")) is None
-        headers = {"Authorization": f"Bearer {runtime.admin_token}"}
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_app(runtime)), base_url="http://x", headers=headers
-        ) as api:
+        async with api_client(runtime) as api:
             assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
         own_redis.stop()
         target = runtime.mqtt_target()
