@@ -20,19 +20,6 @@ class SystemClock:
         return time.time_ns() // 1_000_000
 
 
-class FixedClock:
-    """A clock that moves only when told to (for tests)."""
-
-    def __init__(self, now_ms: int) -> None:
-        self._now = now_ms
-
-    def now_ms(self) -> int:
-        return self._now
-
-    def advance(self, ms: int) -> None:
-        self._now += ms
-
-
 def to_iso(ts_ms: int) -> str:
     """Epoch milliseconds as ISO-8601 UTC with millisecond precision."""
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")

@@ -15,7 +15,3 @@ class StoreError(CityOpsError):
 
 class DuplicateError(CityOpsError):
     """A record with that id exists already."""
-
-
-class NotFoundError(CityOpsError):
-    """No record with that id."""

@@ -7,8 +7,6 @@ from typing import Any, Literal
 
 SensorKind = Literal["water_level", "smoke", "gas"]
 DeviceKind = Literal["water_level", "smoke", "gas", "vehicle"]
-SENSOR_KINDS: tuple[SensorKind, ...] = ("water_level", "smoke", "gas")
-DEVICE_KINDS: tuple[DeviceKind, ...] = ("water_level", "smoke", "gas", "vehicle")
 UNITS: dict[str, str] = {"water_level": "m", "smoke": "%/m", "gas": "%LEL"}
 
 
@@ -75,13 +73,6 @@ class DeadLetter:
     reason: str
     detail: str
     received_at_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceChanged:
-    """A device was registered or changed (for caches in other processes and the wall)."""
-
-    device: Device
 
 
 def sample_to_dict(sample: Sample) -> dict[str, Any]:
