@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("PYTHONSWITCH"):
         sys.setswitchinterval(float(os.environ.get("SWITCH", "0.0005")))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # amqtt logs every connection and state-machine step at INFO; the operator needs its warnings.
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if args.command == "simulate":
             _simulate(args)
