@@ -101,8 +101,7 @@ async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True
     )
     city = _city(settings)
     if city is not None:
-        for device in city.all_devices():
-            await asyncio.to_thread(devices.upsert, device)
+        await asyncio.to_thread(devices.upsert_many, city.all_devices())
     bus = MemoryBus()
     live = make_live(settings)
     series = make_series(settings)

@@ -94,14 +94,19 @@ class SqlDevices:
             raise StoreError(f"cannot register devices: {exc}") from exc
 
     def upsert(self, device: Device) -> None:
+        self.upsert_many([device])
+
+    def upsert_many(self, batch: Sequence[Device]) -> None:
+        """Create or change each device, all in one transaction (a city config at start-up)."""
         try:
             with self._engine.begin() as conn:
-                values = _values(device)
-                changed = conn.execute(update(devices).where(devices.c.id == device.id).values(**values))
-                if changed.rowcount == 0:
-                    conn.execute(insert(devices).values(**values))
+                for device in batch:
+                    values = _values(device)
+                    changed = conn.execute(update(devices).where(devices.c.id == device.id).values(**values))
+                    if changed.rowcount == 0:
+                        conn.execute(insert(devices).values(**values))
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot save device {device.id!r}: {exc}") from exc
+            raise StoreError(f"cannot save {len(batch)} devices: {exc}") from exc
 
     def get(self, device_id: str) -> Device | None:
         try:
