@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 def mqtt_target(settings: Settings, embedded_port: int) -> MqttTarget:
     """The broker the gateway and the simulator talk to."""
     if settings.mqtt_url:
-        return parse_mqtt_url(settings.mqtt_url)
+        ca_file = str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None
+        return parse_mqtt_url(settings.mqtt_url, ca_file)
     return MqttTarget("127.0.0.1", embedded_port)
 
 
@@ -42,12 +43,7 @@ def make_live(settings: Settings) -> LiveState:
 
 def make_series(settings: Settings) -> TimeSeries:
     if settings.influx_url:
-        return InfluxSeries(
-            settings.influx_url,
-            settings.influx_database,
-            buffer_max=settings.influx_buffer_max,
-            batch_size=settings.influx_batch_size,
-        )
+        return InfluxSeries(settings.influx_url, settings.influx_database, batch_size=settings.influx_batch_size)
     return SqliteSeries(settings.data_dir / "series.sqlite")
 
 
@@ -116,7 +112,10 @@ async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True
             batch_max=settings.ingest_batch_max,
             flush_interval_s=settings.ingest_flush_interval_s,
             pending_max=settings.ingest_pending_max,
+            side_pending_max=settings.ingest_side_pending_max,
             registry_refresh_s=settings.registry_refresh_s,
+            dead_letter_max_rows=settings.dead_letter_max_rows,
+            dead_letter_max_age_s=settings.dead_letter_max_age_days * 86_400,
         ),
     )
     runtime = Runtime(settings, clock, engine, devices, dead, tokens, bus, live, series, gateway, city)
@@ -133,6 +132,9 @@ async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True
         subscription_topics(settings.mqtt_shared_group),
         gateway.handle,
         backlogged=gateway.backlogged,
+        # amqtt speaks MQTT 3.1.1 only.
+        protocol="3.1.1" if settings.embedded_broker else settings.mqtt_protocol,
+        session_expiry_s=settings.mqtt_session_expiry_s,
     )
     await runtime.ingress.start()
     if not await runtime.ingress.wait_subscribed(10.0):
@@ -140,11 +142,14 @@ async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True
     return runtime
 
 
-async def stop_runtime(runtime: Runtime) -> None:
-    """Stop in reverse order; what the gateway acknowledged is written before the stores close."""
+async def stop_runtime(runtime: Runtime, write_timeout_s: float = 30.0) -> None:
+    """Stop in reverse order: take no more messages, write (and acknowledge) what was taken,
+    then disconnect; the stores close last."""
+    if runtime.ingress is not None:
+        runtime.ingress.stop_reading()
+    await runtime.gateway.stop(write_timeout_s)
     if runtime.ingress is not None:
         await runtime.ingress.stop()
-    await runtime.gateway.stop()
     if runtime.broker is not None:
         await runtime.broker.stop()
     await runtime.series.close()

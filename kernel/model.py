@@ -66,13 +66,22 @@ class DeviceStatus:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message the gateway refused, kept with why."""
+    """A message the gateway refused (wholly or some of its items), kept once with why.
+
+    `reason` is the first reason; `refused` counts every refused item of the message by
+    reason, and `detail` describes the first few.
+    """
 
     topic: str
     payload: bytes
     reason: str
     detail: str
     received_at_ms: int
+    refused: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def refused_items(self) -> int:
+        return sum(self.refused.values()) or 1
 
 
 def sample_to_dict(sample: Sample) -> dict[str, Any]:

@@ -52,10 +52,14 @@ class LiveState(Protocol):
 class TimeSeries(Protocol):
     """History of samples. Writing a sample twice (same device and ts) stores it once."""
 
-    async def write(self, samples: Sequence[Sample]) -> None: ...
+    async def write(self, samples: Sequence[Sample]) -> list[tuple[Sample, str]]:
+        """Store the samples; return only once they are stored.
 
-    async def flush(self) -> None:
-        """Return once everything written so far is stored (or counted as dropped)."""
+        Returns the samples the store refused as malformed, each with why (they will never
+        be stored, so the caller keeps them as dead letters). Raises StoreError when the
+        store cannot be reached or refuses us (credentials): nothing is stored for sure
+        then, and the caller writes the same samples again later.
+        """
         ...
 
     async def read(self, device_id: str, kind: DeviceKind, start_ms: int, end_ms: int, limit: int) -> list[Sample]: ...
@@ -92,10 +96,16 @@ class DeviceRegistry(Protocol):
 
 
 class DeadLetterStore(Protocol):
-    """Refused messages, with why."""
+    """Refused messages, with why. Counts by reason are exact and outlive the retention of rows."""
 
-    def add_many(self, letters: Sequence[DeadLetter]) -> None: ...
+    def add_many(self, letters: Sequence[DeadLetter]) -> None:
+        """Keep the letters and count their refused items by reason, in one transaction."""
+        ...
 
     def counts(self) -> dict[str, int]: ...
 
     def recent(self, limit: int = 100, reason: str | None = None) -> list[DeadLetter]: ...
+
+    def prune(self, max_rows: int, older_than_ms: int) -> int:
+        """Delete letters received before `older_than_ms` and all but the newest `max_rows`; how many went."""
+        ...

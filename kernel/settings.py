@@ -23,7 +23,8 @@ DEFAULT_SECRETS = frozenset({"change-me", "changeme", "password", "postgres", "c
 class Settings(BaseSettings):
     """Everything a cityops process can be told."""
 
-    model_config = SettingsConfigDict(env_prefix="CITYOPS_", extra="forbid")
+    # hide_input_in_errors: a refused setting must not print the URL (and its password) it was given.
+    model_config = SettingsConfigDict(env_prefix="CITYOPS_", extra="forbid", hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path("./data")
@@ -39,6 +40,13 @@ class Settings(BaseSettings):
     mqtt_client_id: str = "cityops-gateway"
     # When set, the gateway subscribes through $share/<group>/... so several processes split the load.
     mqtt_shared_group: str | None = None
+    # MQTT v5 lets the gateway announce a wide in-flight window (it acknowledges after the write);
+    # 3.1.1 is for brokers that speak nothing newer. The embedded amqtt broker always uses 3.1.1.
+    mqtt_protocol: Literal["3.1.1", "5"] = "5"
+    # How long the broker keeps the gateway's session (and queues for it) while it is away.
+    mqtt_session_expiry_s: int = Field(default=7 * 86_400, ge=60)
+    # CA bundle for mqtts:// with a private CA.
+    mqtt_ca_file: Path | None = None
 
     redis_url: str | None = None
     influx_url: str | None = None
@@ -50,11 +58,15 @@ class Settings(BaseSettings):
     # Gateway batching: readings are written to live state and the time series in batches.
     ingest_batch_max: int = Field(default=5000, ge=1)
     ingest_flush_interval_s: float = Field(default=0.05, gt=0)
-    # Readings held in memory before the MQTT thread waits (backpressure onto the broker).
+    # Readings held in memory before the MQTT reader pauses (backpressure onto the broker).
     ingest_pending_max: int = Field(default=200_000, ge=100)
-    # Lines InfluxDB writes may hold while InfluxDB is down; beyond that the oldest are dropped and counted.
-    influx_buffer_max: int = Field(default=500_000, ge=100)
+    # Statuses or dead letters waiting for their store before the reader pauses.
+    ingest_side_pending_max: int = Field(default=10_000, ge=10)
     influx_batch_size: int = Field(default=5000, ge=1)
+
+    # Dead-letter retention: a flood of junk cannot fill the disk; counts by reason stay exact.
+    dead_letter_max_rows: int = Field(default=10_000, ge=10)
+    dead_letter_max_age_days: float = Field(default=7.0, gt=0)
 
     registry_refresh_s: float = Field(default=30.0, gt=0)
 

@@ -143,7 +143,7 @@ def redis(workdir: Path) -> Server:
     return server
 
 
-def influxdb(workdir: Path, port: int | None = None) -> Server:
+def influxdb(workdir: Path, port: int | None = None, *, auth: bool = False) -> Server:
     port = port or free_port()
     rpc = free_port()
     data = workdir / f"influx-{port}"
@@ -153,6 +153,7 @@ def influxdb(workdir: Path, port: int | None = None) -> Server:
         f'[meta]\n  dir = "{data}/meta"\n'
         f'[data]\n  dir = "{data}/data"\n  wal-dir = "{data}/wal"\n  query-log-enabled = false\n'
         f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
+        f"  auth-enabled = {'true' if auth else 'false'}\n"
         "[monitor]\n  store-enabled = false\n[continuous_queries]\n  enabled = false\n"
     )
     server = Server(

@@ -1,8 +1,13 @@
 """MQTT client side of the gateway, on paho-mqtt.
 
-The gateway is a QoS 1 subscriber with a persistent session (MQTT 3.1.1 clean_session=False),
-so the broker keeps what sensors publish while the gateway restarts. The message callback runs
-on the event loop: it must be quick and never block on I/O.
+The gateway is a QoS 1 subscriber with a persistent session, so the broker keeps what sensors
+publish while the gateway restarts, and it acknowledges each message itself, only once what the
+message yielded is stored (paho's manual acknowledgement). The broker then holds every message
+not yet acknowledged, so it must let many be in flight at once: with MQTT v5 the gateway
+announces a Receive Maximum of 65,535 and a session expiry interval (Mosquitto keeps a v5
+session only with both clean_start=False and an expiry); MQTT 3.1.1 (the embedded amqtt broker,
+which speaks nothing newer) uses clean_session=False and the broker's own window. The message
+callback runs on the event loop: it must be quick and never block on I/O.
 """
 
 from __future__ import annotations
@@ -14,17 +19,23 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from kernel.errors import ConfigError
+from kernel.redact import redact_url
 
 log = logging.getLogger(__name__)
 
 GATEWAY_TOPICS = ("city/sensors/+/+", "city/vehicles/+/gps", "city/devices/+/status")
+# The most QoS 1 messages MQTT v5 lets a client have unacknowledged (a 16-bit count).
+RECEIVE_MAXIMUM = 65_535
+Protocol = Literal["3.1.1", "5"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,20 +47,27 @@ class MqttTarget:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    # A CA bundle for mqtts:// with a private CA (None: the system's trust store).
+    ca_file: str | None = None
 
 
-def parse_mqtt_url(url: str) -> MqttTarget:
+def parse_mqtt_url(url: str, ca_file: str | None = None) -> MqttTarget:
     """`mqtt://[user:pass@]host[:port]` or `mqtts://...` as a target."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"MQTT URL {redact_url(url)!r} must look like mqtt://host:port") from exc
     if parts.scheme not in ("mqtt", "mqtts", "tcp") or not parts.hostname:
-        raise ConfigError(f"MQTT URL {url!r} must look like mqtt://host:port")
+        raise ConfigError(f"MQTT URL {redact_url(url)!r} must look like mqtt://host:port")
     tls = parts.scheme == "mqtts"
     return MqttTarget(
         host=parts.hostname,
-        port=parts.port or (8883 if tls else 1883),
+        port=port or (8883 if tls else 1883),
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         tls=tls,
+        ca_file=ca_file,
     )
 
 
@@ -60,18 +78,26 @@ def subscription_topics(shared_group: str | None) -> list[str]:
     return list(GATEWAY_TOPICS)
 
 
-def new_client(target: MqttTarget, client_id: str, *, clean_session: bool) -> mqtt.Client:
-    """A paho client (MQTT 3.1.1, which every broker here speaks, amqtt included)."""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=clean_session,
-        protocol=mqtt.MQTTv311,
-    )
+def new_client(
+    target: MqttTarget, client_id: str, *, clean_session: bool, protocol: Protocol = "3.1.1", manual_ack: bool = False
+) -> mqtt.Client:
+    """A paho client: MQTT 3.1.1 (every broker here speaks it, amqtt included) or 5."""
+    if protocol == "5":
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack
+        )
+    else:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
+            manual_ack=manual_ack,
+        )
     if target.username:
         client.username_pw_set(target.username, target.password)
     if target.tls:
-        client.tls_set()
+        client.tls_set(ca_certs=target.ca_file)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     # Without this paho would raise out of its network thread and stop receiving.
     client.suppress_exceptions = True
@@ -87,6 +113,9 @@ class PahoIngress:
     socket calls and the writer, which halved throughput when paho had its own thread.
     Backpressure: while `backlogged()` is true the socket is not read, so TCP and then the
     broker hold the QoS 1 messages instead of this process growing without bound.
+    `on_message(topic, payload, ack)` gets an `ack` to call once the message is stored (None
+    for QoS 0). An ack from before a reconnect is dropped: the broker delivers that message
+    again on the new connection, and its packet id may by then name another message.
     """
 
     # Messages handled per readable event before other tasks get a turn.
@@ -97,18 +126,23 @@ class PahoIngress:
         target: MqttTarget,
         client_id: str,
         topics: list[str],
-        on_message: Callable[[str, bytes], None],
+        on_message: Callable[[str, bytes, Callable[[], None] | None], None],
         *,
         qos: int = 1,
         clean_session: bool = False,
         backlogged: Callable[[], bool] = lambda: False,
+        protocol: Protocol = "3.1.1",
+        session_expiry_s: int = 7 * 86_400,
     ) -> None:
         self._target = target
         self._topics = topics
         self._qos = qos
         self._handler = on_message
         self._backlogged = backlogged
-        self._client = new_client(target, client_id, clean_session=clean_session)
+        self._protocol = protocol
+        self._clean_session = clean_session
+        self._session_expiry_s = session_expiry_s
+        self._client = new_client(target, client_id, clean_session=clean_session, protocol=protocol, manual_ack=True)
         self._client.connect_timeout = 5.0
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -123,7 +157,9 @@ class PahoIngress:
         self._task: asyncio.Task[None] | None = None
         self._sock: Any = None
         self._paused = False
+        self._reading = True
         self._stopping = False
+        self._generation = 0
         self._received = 0
         self.pauses = 0
         self._ever_connected = False
@@ -146,7 +182,8 @@ class PahoIngress:
         assert self._loop is not None
         self._sock = sock
         self._paused = False
-        self._loop.add_reader(sock, self._on_readable)
+        if self._reading:
+            self._loop.add_reader(sock, self._on_readable)
 
     def _on_socket_close(self, _c: mqtt.Client, _ud: object, sock: Any) -> None:
         self._in_loop(self._unwatch, sock)
@@ -181,7 +218,7 @@ class PahoIngress:
 
     def _maybe_resume(self) -> None:
         assert self._loop is not None
-        if not self._paused or self._sock is None:
+        if not self._paused or self._sock is None or not self._reading:
             return
         if self._backlogged():
             self._loop.call_later(0.01, self._maybe_resume)
@@ -195,6 +232,8 @@ class PahoIngress:
             log.error("MQTT %s", self.last_error)
             return
         self.connected = True
+        # Acks of messages from an earlier connection no longer apply (see the class docstring).
+        self._generation += 1
         # Subscribing on every connect keeps working after a broker that lost our session.
         result, _mid = client.subscribe([(t, self._qos) for t in self._topics])
         if result == mqtt.MQTT_ERR_SUCCESS:
@@ -208,16 +247,25 @@ class PahoIngress:
             self.last_error = f"disconnected: {reason}"
             log.warning("MQTT %s; reconnecting", self.last_error)
 
+    def _ack(self, generation: int, mid: int) -> None:
+        if generation == self._generation and self.connected:
+            self._client.ack(mid, 1)
+
     def _on_message(self, _c: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
         self._received += 1
         try:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", errors="replace")
+        ack = None
+        if msg.qos > 0:
+            generation, mid = self._generation, msg.mid
+            ack = lambda: self._ack(generation, mid)  # noqa: E731 - a closure per message is the cheapest form
         try:
-            self._handler(topic, bytes(msg.payload))
+            self._handler(topic, bytes(msg.payload), ack)
         except Exception:
-            # One message must never take the gateway down; it is logged with its traceback.
+            # The gateway's check never raises; should anything else, one message must not stop
+            # the gateway. Unacknowledged, the broker offers it again on the next connection.
             log.exception("gateway failed on a message on %r", topic)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -232,6 +280,19 @@ class PahoIngress:
         # The TCP connect blocks; it runs in a thread, and the hooks it fires are sent to the loop.
         if self._ever_connected:
             await asyncio.to_thread(self._client.reconnect)
+        elif self._protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
+            props.SessionExpiryInterval = 0 if self._clean_session else self._session_expiry_s
+            await asyncio.to_thread(
+                self._client.connect,
+                self._target.host,
+                self._target.port,
+                30,
+                clean_start=self._clean_session,
+                properties=props,
+            )
+            self._ever_connected = True
         else:
             await asyncio.to_thread(self._client.connect, self._target.host, self._target.port, 30)
             self._ever_connected = True
@@ -260,8 +321,15 @@ class PahoIngress:
             return False
         return True
 
+    def stop_reading(self) -> None:
+        """Take no more messages, but stay connected so the acks of what was taken still go out."""
+        self._reading = False
+        if self._loop is not None and self._sock is not None:
+            self._loop.remove_reader(self._sock)
+
     async def stop(self) -> None:
         """Disconnect cleanly (the broker keeps the persistent session) and stop reconnecting."""
+        self.stop_reading()
         self._stopping = True
         if self._task is not None:
             self._task.cancel()

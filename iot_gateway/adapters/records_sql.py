@@ -18,13 +18,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     func,
     insert,
     select,
-    update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from kernel.db import create_schema, dialect_insert
 from kernel.errors import DuplicateError, StoreError
 from kernel.model import DeadLetter, Device, DeviceKind
 
@@ -52,6 +53,17 @@ dead_letters = Table(
     Column("reason", String(32), nullable=False, index=True),
     Column("detail", Text, nullable=False),
     Column("received_at_ms", BigInteger, nullable=False, index=True),
+    # How many items of the message were refused, and how many for each reason.
+    Column("refused_items", Integer, nullable=False, default=1),
+    Column("reasons", JSON, nullable=False, default=dict),
+)
+
+# Exact counts of refused items by reason: rows of dead_letters expire, these never do.
+dead_letter_counts = Table(
+    "dead_letter_counts",
+    metadata,
+    Column("reason", String(32), primary_key=True),
+    Column("count", BigInteger, nullable=False),
 )
 
 
@@ -71,7 +83,7 @@ class SqlDevices:
         self._engine = engine
 
     def create_schema(self) -> None:
-        metadata.create_all(self._engine)
+        create_schema(self._engine, metadata)
 
     def add(self, device: Device) -> None:
         try:
@@ -97,14 +109,21 @@ class SqlDevices:
         self.upsert_many([device])
 
     def upsert_many(self, batch: Sequence[Device]) -> None:
-        """Create or change each device, all in one transaction (a city config at start-up)."""
+        """Create or change each device, all in one transaction (a city config at start-up).
+
+        One INSERT ... ON CONFLICT DO UPDATE: several processes loading the same city config
+        at once never collide, as select-then-insert did.
+        """
+        if not batch:
+            return
         try:
             with self._engine.begin() as conn:
-                for device in batch:
-                    values = _values(device)
-                    changed = conn.execute(update(devices).where(devices.c.id == device.id).values(**values))
-                    if changed.rowcount == 0:
-                        conn.execute(insert(devices).values(**values))
+                stmt = dialect_insert(conn, devices)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[devices.c.id],
+                    set_={c.name: stmt.excluded[c.name] for c in devices.columns if c.name != "id"},
+                )
+                conn.execute(stmt, [_values(d) for d in batch])
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot save {len(batch)} devices: {exc}") from exc
 
@@ -138,44 +157,79 @@ class SqlDevices:
             return int(conn.execute(select(func.count()).select_from(devices)).scalar_one())
 
 
+def _safe_text(text: str, limit: int) -> str:
+    # PostgreSQL text holds neither NUL nor lone surrogates; a topic or detail may carry both.
+    return text[:limit].encode("utf-8", errors="backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 class SqlDeadLetters:
-    """Refused messages with their reasons."""
+    """Refused messages with their reasons; exact counts by reason; retention by age and count."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def create_schema(self) -> None:
-        metadata.create_all(self._engine)
+        create_schema(self._engine, metadata)
 
     def add_many(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
-                "topic": letter.topic[:1024],
+                "topic": _safe_text(letter.topic, 1024),
                 "payload": letter.payload,
                 "reason": letter.reason,
-                "detail": letter.detail[:2000],
+                "detail": _safe_text(letter.detail, 2000),
                 "received_at_ms": letter.received_at_ms,
+                "refused_items": letter.refused_items,
+                "reasons": letter.refused or {letter.reason: 1},
             }
             for letter in letters
         ]
+        by_reason: dict[str, int] = {}
+        for row in rows:
+            for reason, n in row["reasons"].items():
+                by_reason[reason] = by_reason.get(reason, 0) + n
         try:
             with self._engine.begin() as conn:
                 conn.execute(insert(dead_letters), rows)
+                stmt = dialect_insert(conn, dead_letter_counts)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[dead_letter_counts.c.reason],
+                    set_={"count": dead_letter_counts.c.count + stmt.excluded["count"]},
+                )
+                conn.execute(stmt, [{"reason": r, "count": n} for r, n in sorted(by_reason.items())])
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot keep {len(rows)} dead letters: {exc}") from exc
 
     def counts(self) -> dict[str, int]:
-        query = select(dead_letters.c.reason, func.count()).group_by(dead_letters.c.reason)
-        with self._engine.connect() as conn:
-            return {reason: int(n) for reason, n in conn.execute(query)}
+        try:
+            with self._engine.connect() as conn:
+                query = select(dead_letter_counts.c.reason, dead_letter_counts.c.count.label("n"))
+                return {r.reason: int(r.n) for r in conn.execute(query)}
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot count dead letters: {exc}") from exc
 
     def recent(self, limit: int = 100, reason: str | None = None) -> list[DeadLetter]:
         query = select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
         if reason is not None:
             query = query.where(dead_letters.c.reason == reason)
-        with self._engine.connect() as conn:
-            return [
-                DeadLetter(r.topic, bytes(r.payload), r.reason, r.detail, r.received_at_ms) for r in conn.execute(query)
-            ]
+        try:
+            with self._engine.connect() as conn:
+                return [
+                    DeadLetter(r.topic, bytes(r.payload), r.reason, r.detail, r.received_at_ms, dict(r.reasons or {}))
+                    for r in conn.execute(query)
+                ]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read dead letters: {exc}") from exc
+
+    def prune(self, max_rows: int, older_than_ms: int) -> int:
+        try:
+            with self._engine.begin() as conn:
+                gone = conn.execute(delete(dead_letters).where(dead_letters.c.received_at_ms < older_than_ms)).rowcount
+                newest = conn.execute(select(func.max(dead_letters.c.id))).scalar()
+                if newest is not None and newest > max_rows:
+                    gone += conn.execute(delete(dead_letters).where(dead_letters.c.id <= newest - max_rows)).rowcount
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot prune dead letters: {exc}") from exc
+        return int(gone)

@@ -1,18 +1,19 @@
 """Time series in InfluxDB over the v1-compatible HTTP API (InfluxDB 1.x, 2.x and 3.x serve it).
 
-Writes are line protocol in batches from a bounded buffer. While InfluxDB is down the buffer
-holds what it can and retries with backoff; what no longer fits is dropped oldest first and
-counted, never lost silently. Reads are InfluxQL.
+`write` returns only once InfluxDB has stored the lines (the gateway acknowledges a reading to
+the broker after that), so nothing is buffered here: while InfluxDB is down, or refuses our
+credentials (401/403), `write` raises StoreError and the gateway keeps the batch and pushes back
+onto the broker. Only lines InfluxDB rejects as malformed (400) are given back as refused, found
+by halving the batch until the bad lines stand alone. Reads are InfluxQL.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-from collections import deque
+import re
 from collections.abc import Sequence
 from typing import Any, cast
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 from influxdb_client.client.write.point import Point
@@ -20,6 +21,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 
 from kernel.errors import StoreError
 from kernel.model import DeviceKind, Position, Reading, Sample, SensorKind
+from kernel.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -109,120 +111,113 @@ def _from_row(kind: str, device_id: str, row: dict[str, Any]) -> Sample:
     )
 
 
+_DROPPED = re.compile(r"dropped=(\d+)")
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The URL without its user-info, and the user-info as basic-auth credentials.
+
+    Keeping the password out of the base URL keeps it out of every error message httpx builds.
+    """
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url.rstrip("/"), None
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)).rstrip("/")
+    return bare, (unquote(parts.username or ""), unquote(parts.password or ""))
+
+
 class InfluxSeries:
-    """InfluxDB time series with a bounded write buffer."""
+    """InfluxDB time series, written through: `write` returns once the lines are stored."""
 
     def __init__(
         self,
         url: str,
         database: str = "cityops",
         *,
-        buffer_max: int = 500_000,
         batch_size: int = 5000,
         timeout_s: float = 10.0,
     ) -> None:
-        self._client = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s)
+        base, auth = split_credentials(url)
+        self._client = httpx.AsyncClient(base_url=base, auth=auth, timeout=timeout_s)
+        self._where = redact_url(url)
         self._db = database
-        self._buffer: deque[str] = deque()
-        self._buffer_max = buffer_max
         self._batch_size = batch_size
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-        self._db_ready = False
-        self._closing = False
         self.written = 0
-        self.dropped = 0
         self.rejected = 0
         self.state = "unknown"
         self.last_error: str | None = None
 
-    def _ensure_task(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="influx-writer")
+    def _down(self, why: str) -> StoreError:
+        self.state = "down"
+        self.last_error = why
+        return StoreError(f"influxdb at {self._where}: {why}")
 
-    async def write(self, samples: Sequence[Sample]) -> None:
-        if not samples:
-            return
-        self._ensure_task()
-        self._buffer.extend(to_line(s) for s in samples)
-        overflow = len(self._buffer) - self._buffer_max
-        if overflow > 0:
-            for _ in range(overflow):
-                self._buffer.popleft()
-            self.dropped += overflow
-            log.error("influx buffer full: dropped %d oldest lines (%d dropped in all)", overflow, self.dropped)
-        self._idle.clear()
-        self._wake.set()
+    async def _post(self, lines: list[str]) -> httpx.Response:
+        try:
+            return await self._client.post(
+                "/write", params={"db": self._db, "precision": "ms"}, content="\n".join(lines).encode()
+            )
+        except httpx.HTTPError as exc:
+            raise self._down(f"{type(exc).__name__}: {exc}") from exc
 
     async def _create_database(self) -> None:
-        response = await self._client.post("/query", params={"q": f'CREATE DATABASE "{self._db}"'})
-        response.raise_for_status()
-        self._db_ready = True
+        try:
+            response = await self._client.post("/query", params={"q": f'CREATE DATABASE "{self._db}"'})
+        except httpx.HTTPError as exc:
+            raise self._down(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code in (401, 403):
+            raise self._down(
+                f"may not create database {self._db!r} ({response.status_code}): create it, or grant rights"
+            )
+        if response.status_code >= 400:
+            raise self._down(f"cannot create database {self._db!r}: {response.status_code} {response.text[:200]}")
 
-    async def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            if not self._buffer:
-                self._idle.set()
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = [self._buffer[i] for i in range(min(self._batch_size, len(self._buffer)))]
-            try:
-                if not self._db_ready:
-                    await self._create_database()
-                response = await self._client.post(
-                    "/write", params={"db": self._db, "precision": "ms"}, content="\n".join(batch).encode()
-                )
-                if response.status_code == 404:
-                    self._db_ready = False
-                    raise StoreError("database missing")
-                if 400 <= response.status_code < 500:
-                    # The data itself is refused (a field type conflict, say): retrying cannot help.
-                    self.rejected += len(batch)
-                    log.error("influx refused %d lines: %s", len(batch), response.text[:500])
-                else:
-                    response.raise_for_status()
-                    self.written += len(batch)
-                for _ in batch:
-                    self._buffer.popleft()
-                self.state = "up"
-                backoff = 0.1
-            except (httpx.HTTPError, StoreError) as exc:
-                self.state = "down"
-                self.last_error = str(exc) or type(exc).__name__
-                log.warning(
-                    "influx write failed (%s); %d lines buffered, retrying in %.1fs",
-                    self.last_error,
-                    len(self._buffer),
-                    backoff,
-                    exc_info=True,
-                )
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, 5.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Never let the writer die: log with the traceback and go on.
-                log.exception("unexpected error in the influx writer")
-                await asyncio.sleep(backoff)
+    async def _write_lines(self, lines: list[str], refused: list[tuple[int, str]], offset: int) -> None:
+        """Write `lines` (the batch's lines from `offset`); note the malformed ones in `refused`."""
+        response = await self._post(lines)
+        if response.status_code == 404 and "database not found" in response.text:
+            await self._create_database()
+            response = await self._post(lines)
+        status = response.status_code
+        if status < 300:
+            self.written += len(lines)
+            return
+        if status in (401, 403):
+            # Wrong credentials or missing rights: an outage to fix, never a reason to throw data away.
+            raise self._down(f"refused our credentials ({status}): {response.text[:200]}")
+        if status in (400, 413):
+            why = response.text[:300]
+            dropped = _DROPPED.search(why)
+            if len(lines) == 1 or (dropped is not None and int(dropped.group(1)) == len(lines)):
+                refused.extend((offset + i, why) for i in range(len(lines)))
+                return
+            # Some lines are bad: halve until they stand alone (rewriting a good point is harmless).
+            half = len(lines) // 2
+            await self._write_lines(lines[:half], refused, offset)
+            await self._write_lines(lines[half:], refused, offset + half)
+            return
+        raise self._down(f"answered {status}: {response.text[:200]}")
 
-    async def flush(self) -> None:
-        if self._buffer:
-            self._ensure_task()
-            self._wake.set()
-            await self._idle.wait()
+    async def write(self, samples: Sequence[Sample]) -> list[tuple[Sample, str]]:
+        refused: list[tuple[int, str]] = []
+        lines = [to_line(s) for s in samples]
+        for start in range(0, len(lines), self._batch_size):
+            await self._write_lines(lines[start : start + self._batch_size], refused, start)
+        self.state = "up"
+        if refused:
+            self.rejected += len(refused)
+            log.error("influxdb refused %d malformed lines: %s", len(refused), refused[0][1])
+        return [(samples[i], f"influxdb refused the line: {why}") for i, why in refused]
 
     async def _query(self, q: str) -> list[dict[str, Any]]:
         try:
             response = await self._client.get("/query", params={"db": self._db, "q": q, "epoch": "ms"})
             response.raise_for_status()
         except httpx.HTTPError as exc:
-            raise StoreError(f"influx query failed: {exc}") from exc
+            raise StoreError(f"influx query at {self._where} failed: {type(exc).__name__}") from exc
         rows: list[dict[str, Any]] = []
         for result in response.json().get("results", []):
             if "error" in result:
@@ -252,21 +247,9 @@ class InfluxSeries:
             "backend": "influxdb",
             "state": self.state,
             "written": self.written,
-            "buffered": len(self._buffer),
-            "dropped": self.dropped,
             "rejected": self.rejected,
             "last_error": self.last_error,
         }
 
-    async def close(self, timeout_s: float = 30.0) -> None:
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except TimeoutError:
-                self._task.cancel()
-                left = len(self._buffer)
-                self.dropped += left
-                log.error("influx unreachable at shutdown: %d buffered lines dropped", left)
+    async def close(self) -> None:
         await self._client.aclose()

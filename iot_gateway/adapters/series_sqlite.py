@@ -95,13 +95,11 @@ class SqliteSeries:
             conn.executemany(f"INSERT OR IGNORE INTO samples ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         self.written += len(rows)
 
-    async def write(self, samples: Sequence[Sample]) -> None:
+    async def write(self, samples: Sequence[Sample]) -> list[tuple[Sample, str]]:
+        # Checked samples always fit the table: SQLite refuses none of them.
         if samples:
             await self._run(self._write, [_row(s) for s in samples])
-
-    async def flush(self) -> None:
-        # Writes are synchronous in their thread; waiting for the queue behind them is enough.
-        await self._run(lambda: None)
+        return []
 
     def _read(self, device_id: str, start_ms: int, end_ms: int, limit: int) -> list[Sample]:
         cur = self._connection().execute(
@@ -130,7 +128,7 @@ class SqliteSeries:
         return result
 
     def stats(self) -> dict[str, Any]:
-        return {"backend": "sqlite", "state": "up", "written": self.written, "buffered": 0, "dropped": 0}
+        return {"backend": "sqlite", "state": "up", "written": self.written, "rejected": 0}
 
     def _close(self) -> None:
         if self._conn is not None:

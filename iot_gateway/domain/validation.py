@@ -2,13 +2,17 @@
 
 `check_message(topic, payload, kinds, now_ms)` is pure: `kinds` maps registered device ids
 to their kind. A batch (JSON array) is checked item by item, so one bad item does not
-take the good ones down with it.
+take the good ones down with it. It never raises: every number, nesting, encoding and date
+problem is a reason, and a last-resort guard turns anything unforeseen into `internal_error`.
+Refusals are counted in full by reason, but only the first few are described, so one
+message of 30,000 bad items costs what one bad item costs downstream.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -41,6 +45,7 @@ BAD_UNIT: Final = "bad_unit"
 UNKNOWN_DEVICE: Final = "unknown_device"
 WRONG_KIND: Final = "wrong_kind"
 BAD_STATUS: Final = "bad_status"
+INTERNAL_ERROR: Final = "internal_error"
 REASONS: Final = (
     BAD_TOPIC,
     TOO_LARGE,
@@ -54,18 +59,49 @@ REASONS: Final = (
     UNKNOWN_DEVICE,
     WRONG_KIND,
     BAD_STATUS,
+    INTERNAL_ERROR,
 )
+# Refused items described in words per message; the rest are only counted.
+MAX_DETAILS: Final = 5
+MAX_DETAIL_CHARS: Final = 300
 
 SENSOR_KIND_SET: Final = frozenset(VALUE_RANGES)
 
 
 @dataclass(slots=True)
 class Checked:
-    """What one message yielded."""
+    """What one message yielded: accepted samples or a status, and its refusals.
+
+    `refused` counts every refused item by reason; `rejections` describes the first
+    MAX_DETAILS of them as (reason, detail).
+    """
 
     samples: list[Sample] = field(default_factory=list)
     status: DeviceStatus | None = None
     rejections: list[tuple[str, str]] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)
+
+    def refuse(self, reason: str, detail: str) -> None:
+        self.refused[reason] += 1
+        if len(self.rejections) < MAX_DETAILS:
+            self.rejections.append((reason, _clean(detail)))
+
+
+def _clean(text: str) -> str:
+    """Text safe for any store: valid UTF-8 (no lone surrogates), no NUL, bounded length."""
+    safe = text.encode("utf-8", errors="backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return safe if len(safe) <= MAX_DETAIL_CHARS else safe[: MAX_DETAIL_CHARS - 1] + "…"
+
+
+def _show(raw: Any) -> str:
+    """A short repr of what a sender sent; never raises (huge ints, deep nesting)."""
+    try:
+        text = repr(raw)
+    except (ValueError, RecursionError):
+        if isinstance(raw, int):
+            return f"<integer of {raw.bit_length()} bits>"
+        return f"<{type(raw).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class Refused(Exception):
@@ -78,12 +114,16 @@ class Refused(Exception):
 
 
 def check_message(topic: str, payload: bytes, kinds: Mapping[str, str], now_ms: int) -> Checked:
-    """Check one message; never raises for bad input."""
+    """Check one message; never raises."""
     out = Checked()
     try:
         _check(topic, payload, kinds, now_ms, out)
     except Refused as refused:
-        out.rejections.append((refused.reason, refused.detail))
+        out.refuse(refused.reason, refused.detail)
+    except Exception as exc:  # noqa: BLE001 - the last-resort guard: a message must never raise
+        # Whatever was half-accepted goes too: the message is kept whole as one dead letter.
+        out = Checked()
+        out.refuse(INTERNAL_ERROR, f"the check failed unexpectedly: {type(exc).__name__}: {_show(exc)}")
     return out
 
 
@@ -103,7 +143,7 @@ def _check(topic: str, payload: bytes, kinds: Mapping[str, str], now_ms: int, ou
             try:
                 out.samples.append(_reading(device_id, kind, item, now_ms))  # type: ignore[arg-type]
             except Refused as refused:
-                out.rejections.append((refused.reason, _at(index, refused.detail)))
+                out.refuse(refused.reason, _at(index, refused.detail))
     elif section == "vehicles" and parts[3] == "gps":
         device_id = parts[2]
         _require_device(device_id, "vehicle", kinds)
@@ -111,7 +151,7 @@ def _check(topic: str, payload: bytes, kinds: Mapping[str, str], now_ms: int, ou
             try:
                 out.samples.append(_position(device_id, item, now_ms))
             except Refused as refused:
-                out.rejections.append((refused.reason, _at(index, refused.detail)))
+                out.refuse(refused.reason, _at(index, refused.detail))
     elif section == "devices" and parts[3] == "status":
         device_id = parts[2]
         if device_id not in kinds:
@@ -138,8 +178,10 @@ def _require_device(device_id: str, kind: str, kinds: Mapping[str, str]) -> None
 
 def _items(payload: bytes) -> list[tuple[int | None, Any]]:
     try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # JSON on the wire is UTF-8 without a BOM (RFC 8259); json.loads on bytes would guess UTF-16 too.
+        doc = json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, JSON syntax and integers past Python's digit limit.
         raise Refused(BAD_JSON, f"payload is not JSON: {exc}") from exc
     if isinstance(doc, dict):
         return [(None, doc)]
@@ -158,10 +200,13 @@ def _number(item: dict[str, Any], name: str, bounds: tuple[float, float], requir
         return None
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise Refused(WRONG_TYPE, f"`{name}` must be a number, got {type(raw).__name__}")
-    value = float(raw)
     low, high = bounds
+    try:
+        value = float(raw)
+    except OverflowError:
+        value = math.inf
     if not math.isfinite(value) or not low <= value <= high:
-        raise Refused(OUT_OF_RANGE, f"`{name}` {raw!r} is outside [{low:g}, {high:g}]")
+        raise Refused(OUT_OF_RANGE, f"`{name}` {_show(raw)} is outside [{low:g}, {high:g}]")
     return value
 
 
@@ -176,12 +221,13 @@ def _timestamp(item: dict[str, Any], now_ms: int) -> int:
     else:
         try:
             ts = parse_time(raw)
-        except (ValueError, OverflowError) as exc:
-            raise Refused(BAD_TIMESTAMP, f"`ts` {raw[:64]!r} is not ISO-8601 with an offset: {exc}") from exc
+        except (ValueError, OverflowError, OSError) as exc:
+            raise Refused(BAD_TIMESTAMP, f"`ts` {_show(raw)} is not ISO-8601 with an offset: {_show(exc)}") from exc
     if ts > now_ms + MAX_FUTURE_MS:
-        raise Refused(FUTURE_TIMESTAMP, f"`ts` is {(ts - now_ms) / 1000:.0f} s in the future (limit 300 s)")
+        ahead = "more than a year" if ts - now_ms > 366 * 86_400_000 else f"{(ts - now_ms) // 1000} s"
+        raise Refused(FUTURE_TIMESTAMP, f"`ts` is {ahead} in the future (limit 300 s)")
     if ts < MIN_TS_MS:
-        raise Refused(OUT_OF_RANGE, f"`ts` {raw!r} is before 2000-01-01")
+        raise Refused(OUT_OF_RANGE, f"`ts` {_show(raw)} is before 2000-01-01")
     return ts
 
 
@@ -201,7 +247,7 @@ def _reading(device_id: str, kind: SensorKind, raw: Any, now_ms: int) -> Reading
         if not isinstance(unit, str):
             raise Refused(WRONG_TYPE, f"`unit` must be text, got {type(unit).__name__}")
         if unit != UNITS[kind]:
-            raise Refused(BAD_UNIT, f"`unit` {unit[:20]!r} is not {UNITS[kind]!r}, the unit of {kind}")
+            raise Refused(BAD_UNIT, f"`unit` {_show(unit[:20])} is not {UNITS[kind]!r}, the unit of {kind}")
     battery = _number(item, "battery_pct", BATTERY_RANGE, required=False)
     alarm = item.get("alarm")
     if alarm is not None and not isinstance(alarm, bool):

@@ -124,3 +124,66 @@ def test_alarm_is_kept_for_smoke_only() -> None:
 
 def test_exactly_five_minutes_ahead_is_still_accepted() -> None:
     assert check("city/sensors/gas/gas-1", {"ts": NOW + 300_000, "value": 1}).samples
+
+
+# --- hostile input: the check never raises, every problem is a reason (issue: "one message can hurt it") ---
+
+HOSTILE = [
+    # An integer too large for a float: float() raises OverflowError.
+    ("city/sensors/gas/gas-1", b'{"ts": 1795000000000, "value": 1' + b"0" * 400 + b"}", v.OUT_OF_RANGE),
+    # A float literal too large for a float becomes inf.
+    ("city/sensors/gas/gas-1", b'{"ts": 1795000000000, "value": 1e400}', v.OUT_OF_RANGE),
+    # An integer longer than Python's int-from-string limit (4,300 digits): json.loads raises ValueError.
+    ("city/sensors/gas/gas-1", b'{"ts": 1795000000000, "value": ' + b"9" * 5000 + b"}", v.BAD_JSON),
+    # A timestamp too large for a float in the "seconds in the future" message.
+    ("city/sensors/gas/gas-1", b'{"ts": 1' + b"0" * 400 + b', "value": 1}', v.FUTURE_TIMESTAMP),
+    ("city/sensors/gas/gas-1", b'{"ts": -1' + b"0" * 400 + b', "value": 1}', v.OUT_OF_RANGE),
+    ("city/sensors/gas/gas-1", b'{"ts": "' + b"9" * 5000 + b'", "value": 1}', v.BAD_TIMESTAMP),
+    ("city/sensors/gas/gas-1", b'{"ts": "0001-01-01T00:00:00+23:59", "value": 1}', v.OUT_OF_RANGE),
+    ("city/sensors/gas/gas-1", b'{"ts": "9999-12-31T23:59:59-23:59", "value": 1}', v.FUTURE_TIMESTAMP),
+    # Deep nesting, whole and inside a field.
+    ("city/sensors/gas/gas-1", b"[" * 30_000 + b"]" * 30_000, v.BAD_JSON),
+    ("city/sensors/gas/gas-1", b'{"ts": 1795000000000, "value": ' + b"[" * 900 + b"]" * 900 + b"}", v.WRONG_TYPE),
+    # Encodings: JSON is UTF-8 (RFC 8259), without a BOM; a lone surrogate, NUL characters.
+    ("city/sensors/gas/gas-1", '{"ts": 1795000000000, "value": 1}'.encode("utf-16"), v.BAD_JSON),
+    ("city/sensors/gas/gas-1", b'{"ts": 1795000000000, "value": 1, "unit": "\\ud800"}', v.BAD_UNIT),
+    ("city/sensors/gas/gas-1", b'\xef\xbb\xbf{"ts": 1795000000000, "value": 1}', v.BAD_JSON),
+    ("city/sensors/gas/gas-1", b'{"ts": 1795000000000, "value": 1, "unit": "\\u0000"}', v.BAD_UNIT),
+    ("city/devices/gas-1/status", b"\xff\xfe\x00", v.BAD_STATUS),
+]
+
+
+@pytest.mark.parametrize(("topic", "payload", "reason"), HOSTILE, ids=[f"hostile-{i}" for i in range(len(HOSTILE))])
+def test_hostile_input_is_a_reason_never_an_exception(topic: str, payload: bytes, reason: str) -> None:
+    checked = v.check_message(topic, payload, KINDS, NOW)
+    assert checked.samples == []
+    assert [r for r, _ in checked.rejections] == [reason]
+    assert dict(checked.refused) == {reason: 1}
+    detail = checked.rejections[0][1]
+    assert 0 < len(detail) <= v.MAX_DETAIL_CHARS
+    # The detail goes into PostgreSQL text: it must encode as UTF-8 and hold no NUL.
+    detail.encode("utf-8")
+    assert "\x00" not in detail
+
+
+def test_a_huge_batch_of_junk_is_counted_in_full_but_describes_only_its_first_items() -> None:
+    junk = [{"ts": 0, "value": 0}] * 3000 + [{"ts": NOW, "value": 5}] + ["x"] * 100
+    payload = json.dumps(junk, separators=(",", ":")).encode()
+    assert len(payload) < 64 * 1024
+    checked = v.check_message("city/sensors/gas/gas-1", payload, KINDS, NOW)
+    assert len(checked.samples) == 1
+    assert checked.refused == {v.OUT_OF_RANGE: 3000, v.WRONG_TYPE: 100}
+    assert len(checked.rejections) == v.MAX_DETAILS
+    assert checked.rejections[0][1].startswith("item 0:")
+
+
+def test_anything_unforeseen_becomes_an_internal_error_reason() -> None:
+    class Exploding(dict[str, str]):
+        def get(self, *_: object, **__: object) -> str:
+            raise KeyError("registry went away")
+
+    checked = v.check_message("city/sensors/gas/gas-1", b'{"ts": 1, "value": 1}', Exploding(), NOW)
+    assert checked.samples == []
+    assert [r for r, _ in checked.rejections] == [v.INTERNAL_ERROR]
+    assert "KeyError" in checked.rejections[0][1]
+    assert v.INTERNAL_ERROR in v.REASONS
