@@ -62,8 +62,14 @@ class Server:
     ready: str = "tcp"
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    # Servers started by a command that returns (pg_ctl): how to stop them.
+    stop_argv: list[str] | None = None
 
     def start(self) -> None:
+        if self.stop_argv is not None:  # pg_ctl start returns once the server is up
+            subprocess.run(self.argv, check=True, capture_output=True)
+            wait_tcp(self.port)
+            return
         self.log_path = self.workdir / f"{self.name}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - the file lives as long as the process
         self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
@@ -77,6 +83,9 @@ class Server:
             raise RuntimeError(f"{self.name} did not start: {self.log_path.read_text()[-2000:]}") from None
 
     def stop(self) -> None:
+        if self.stop_argv is not None:
+            subprocess.run(self.stop_argv, check=False, capture_output=True)
+            return
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -98,14 +107,24 @@ def _wait_http(url: str, timeout_s: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout_s}s")
 
 
-def mosquitto(workdir: Path) -> Server:
+def mosquitto(workdir: Path, *, persistent: bool = False, extra: str = "") -> Server:
     port = free_port()
     conf = workdir / f"mosquitto-{port}.conf"
     # Queue without limit for offline persistent sessions: the tests and the benchmark publish
     # while the gateway is away. A large in-flight window keeps QoS 1 from being latency-bound.
+    # `persistent` keeps sessions and queued messages across a restart (saved on SIGTERM).
+    persistence = "persistence false\n"
+    if persistent:
+        # Not under pytest's temporary directory: that is private to root (mode 0700).
+        store = Path(tempfile.mkdtemp(prefix="cityops-mosquitto-"))
+        if os.geteuid() == 0:
+            # Started as root, Mosquitto drops to its own user: without this it cannot save
+            # (only "Permission denied" in its log) and a restart loses every session.
+            shutil.chown(store, "mosquitto", "mosquitto")
+        persistence = f"persistence true\npersistence_location {store}/\nautosave_interval 1\n"
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\nlog_type error\n"
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}"
+        "max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\nlog_type error\n" + extra
     )
     server = Server(
         "mosquitto",
@@ -204,14 +223,14 @@ def postgres() -> Server:
             "start",
         ],
     )
-    subprocess.run(server.argv, check=True, capture_output=True)
-    wait_tcp(port)
-    server.argv = [*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]
+    server.stop_argv = [*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]
+    server.start()
     return server
 
 
 def stop_postgres(server: Server) -> None:
-    subprocess.run(server.argv, check=False, capture_output=True)
+    """Stop the server for good and remove its data."""
+    server.stop()
     shutil.rmtree(server.workdir, ignore_errors=True)
 
 
