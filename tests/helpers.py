@@ -78,7 +78,7 @@ class LoadPublisher:
         )
         self.client.max_inflight_messages_set(200)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.2, 1)
+        self.client.reconnect_delay_set(1, 2)
         self.client.on_publish = self._on_publish
         self.client.connect(host, port, keepalive=10)
         self.client.loop_start()
