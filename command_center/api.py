@@ -207,6 +207,8 @@ def build_app(runtime: Runtime) -> FastAPI:
                 "payload": d.payload.decode("utf-8", errors="replace"),
                 "reason": d.reason,
                 "detail": d.detail,
+                "refused_items": d.refused_items,
+                "reasons": d.refused or {d.reason: 1},
                 "received_at": to_iso(d.received_at_ms),
             }
             for d in letters

@@ -119,6 +119,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._last_prune_ms = 0
+        self._since_prune = 0
         self.counts: Counter[str] = Counter()
         self.dead_counts: Counter[str] = Counter()
         self.errors: dict[str, str | None] = {"samples": None, "statuses": None, "dead_letters": None}
@@ -351,13 +352,15 @@ class Gateway:
             if delivery is not None:
                 delivery.done()
         self.counts["rejected"] += len(letters)
+        self._since_prune += len(letters)
         await self._prune_dead_letters()
 
     async def _prune_dead_letters(self) -> None:
+        # Every few seconds, or sooner in a flood: the table never grows far past its bound.
         now = self._clock.now_ms()
-        if now - self._last_prune_ms < 5_000:
+        if now - self._last_prune_ms < 5_000 and self._since_prune < max(1, self._opts.dead_letter_max_rows // 10):
             return
-        self._last_prune_ms = now
+        self._last_prune_ms, self._since_prune = now, 0
         cutoff = now - int(self._opts.dead_letter_max_age_s * 1000)
         try:
             gone = await asyncio.to_thread(self._dead_store.prune, self._opts.dead_letter_max_rows, cutoff)

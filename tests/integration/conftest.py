@@ -68,16 +68,25 @@ def embedded_settings(data_dir: Path, **extra: Any) -> Settings:
     return load_settings(None, data_dir=data_dir, mqtt_port=servers.free_port(), ingest_flush_interval_s=0.02, **extra)
 
 
-@pytest.fixture(params=["embedded", "production"])
-async def center(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Center]:
-    if request.param == "embedded":
-        settings = embedded_settings(tmp_path / "data")
+@asynccontextmanager
+async def open_center(request: pytest.FixtureRequest, tmp_path: Path, mode: str, **extra: Any) -> AsyncIterator[Center]:
+    """A started command center on the embedded default or the real servers, with these settings."""
+    if mode == "embedded":
+        settings = embedded_settings(tmp_path / "data", **extra)
     else:
-        settings = production_settings(request, tmp_path / "data", mqtt_client_id=f"gw-{tmp_path.name}")
+        settings = production_settings(request, tmp_path / "data", mqtt_client_id=f"gw-{tmp_path.name}", **extra)
     runtime = await start_runtime(settings, SystemClock())
     target = runtime.mqtt_target()
     sensor = Publisher(target.host, target.port)
-    async with api_client(runtime) as api:
-        yield Center(runtime, api, sensor)
-    sensor.close()
-    await stop_runtime(runtime)
+    try:
+        async with api_client(runtime) as api:
+            yield Center(runtime, api, sensor)
+    finally:
+        sensor.close()
+        await stop_runtime(runtime)
+
+
+@pytest.fixture(params=["embedded", "production"])
+async def center(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Center]:
+    async with open_center(request, tmp_path, request.param) as started:
+        yield started

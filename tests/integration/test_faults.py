@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from command_center.runtime import start_runtime, stop_runtime
+from iot_gateway.adapters.mqtt_paho import PahoIngress
 from iot_gateway.adapters.records_sql import SqlDevices
 from kernel.clock import SystemClock
 from kernel.db import database_url, make_engine
@@ -286,4 +287,41 @@ async def test_a_store_down_under_load_loses_nothing_and_health_shows_it(
     finally:
         if load is not None:
             load.close()
+        await stop_runtime(runtime)
+
+
+async def test_a_records_outage_pauses_intake_instead_of_piling_dead_letters_up(stack: Stack, tmp_path: Path) -> None:
+    settings = _settings(stack, tmp_path, "dlpause").model_copy(update={"ingest_side_pending_max": 20})
+    runtime = await start_runtime(settings, SystemClock())
+    junk = 2000
+    try:
+        async with api_client(runtime) as api:
+            stack.postgres.stop()
+            try:
+                sensor = Publisher("127.0.0.1", stack.mosquitto.port)
+                for i in range(junk):
+                    sensor.client.publish(f"city/sensors/gas/ghost-{i}", b"{}", qos=1)
+                await sensor.publish("city/sensors/gas/ghost-last", b"{}")
+                sensor.close()
+
+                async def paused() -> dict[str, Any]:
+                    body: dict[str, Any] = (await api.get("/api/health")).json()
+                    return body if body["components"]["mqtt"]["backpressure_pauses"] > 0 else {}
+
+                health = await eventually(paused)
+                assert health["status"] == "degraded"
+                assert health["components"]["records"]["state"] == "down"
+                await asyncio.sleep(1.0)
+                # Bounded: the side queue's limit plus one burst of the reader, not all that was sent.
+                queued = runtime.gateway.stats()["queued"]
+                assert queued < 20 + 2 * PahoIngress.READ_BURST, queued
+            finally:
+                stack.postgres.start()
+
+            async def all_counted() -> bool:
+                body = (await api.get("/api/health")).json()
+                return bool(body["status"] == "ok" and body["dead_letters"]["unknown_device"] == junk + 1)
+
+            await eventually(all_counted, timeout_s=60)
+    finally:
         await stop_runtime(runtime)

@@ -210,3 +210,50 @@ async def _latest_is(center: Center, device_id: str, ts: int) -> bool:
 
 async def _is_stale(center: Center, device_id: str) -> bool:
     return bool((await center.device(device_id))["stale"])
+
+
+async def test_one_refused_message_is_one_dead_letter_however_many_items_it_holds(center: Center) -> None:
+    await center.register(GAUGE)
+    junk = [{"ts": 0, "value": 0}] * 3000 + [{"ts": now_ms() - 1000, "value": 24.0}] + ["x"] * 50
+    payload = json.dumps(junk, separators=(",", ":")).encode()
+    assert 60_000 > len(payload) > 50_000
+    await center.sensor.publish("city/sensors/water_level/res-tielu", payload)
+    await eventually(lambda: dead_letters(center, "out_of_range"))
+    health = (await center.api.get("/api/health")).json()
+    assert health["dead_letters"]["out_of_range"] == 3000
+    assert health["dead_letters"]["wrong_type"] == 50
+    letters = (await center.api.get("/api/dead-letters")).json()
+    assert len(letters) == 1
+    assert letters[0]["refused_items"] == 3050
+    assert letters[0]["reasons"] == {"out_of_range": 3000, "wrong_type": 50}
+    assert len(letters[0]["payload"]) == 4096
+    assert letters[0]["detail"].startswith("3050 items refused")
+    assert len(letters[0]["detail"]) < 2000
+    # The one good item of the batch was stored.
+    assert [r["value"] for r in (await center.api.get("/api/devices/res-tielu/readings")).json()] == [24.0]
+
+
+HOSTILE = [
+    ("out_of_range", b'{"ts": 1795000000000, "value": 1' + b"0" * 400 + b"}"),
+    ("bad_json", b'{"ts": 1795000000000, "value": ' + b"9" * 5000 + b"}"),
+    ("future_timestamp", b'{"ts": 1' + b"0" * 400 + b', "value": 1}'),
+    ("bad_json", b"[" * 30_000 + b"]" * 30_000),
+    ("wrong_type", b'{"ts": 1795000000000, "value": ' + b"[" * 900 + b"]" * 900 + b"}"),
+    ("bad_unit", b'{"ts": 1795000000000, "value": 1, "unit": "\\ud800\\u0000"}'),
+]
+
+
+@pytest.mark.parametrize(("reason", "payload"), HOSTILE, ids=[f"{r}-{i}" for i, (r, _) in enumerate(HOSTILE)])
+async def test_hostile_numbers_nesting_and_encodings_are_dead_letters(
+    center: Center, reason: str, payload: bytes
+) -> None:
+    await center.register(GAUGE)
+    await center.sensor.publish("city/sensors/water_level/res-tielu", payload)
+    good_ts = now_ms()
+    await center.sensor.publish("city/sensors/water_level/res-tielu", json.dumps({"ts": good_ts, "value": 24.2}))
+    await eventually(lambda: _latest_is(center, "res-tielu", good_ts))
+    letters = await eventually(lambda: dead_letters(center, reason))
+    assert len(letters) == 1
+    health = (await center.api.get("/api/health")).json()
+    assert health["dead_letters"][reason] == 1
+    assert health["dead_letters"]["internal_error"] == 0
