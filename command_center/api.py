@@ -11,19 +11,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from iot_gateway.domain.devices import device_problems
 from iot_gateway.domain.kinds import expected_interval_s, is_stale
-from iot_gateway.domain.validation import REASONS
 from kernel.clock import parse_time, to_iso
 from kernel.errors import DuplicateError, StoreError
 from kernel.model import Device, Sample, sample_to_dict
+from kernel.redact import redact_text
 
 from .auth import DEVICE_WRITERS, Principal, Role
 from .city import DeviceSpec
+from .health import health_report
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,15 @@ class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100)
     role: Role
+    # A department handler acts for one department only.
+    department_id: str | None = Field(default=None, min_length=1, max_length=64)
+    expires_in_s: float | None = Field(default=None, gt=0, le=10 * 365 * 86_400)
+
+    @model_validator(mode="after")
+    def _handler_has_a_department(self) -> TokenRequest:
+        if self.role == "handler" and self.department_id is None:
+            raise ValueError("department_id is required for a handler token")
+        return self
 
 
 def _sample_json(sample: Sample) -> dict[str, Any]:
@@ -68,7 +78,7 @@ def build_app(runtime: Runtime) -> FastAPI:
     async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        found = await asyncio.to_thread(runtime.tokens.lookup, authorization[7:].strip())
+        found = await asyncio.to_thread(runtime.tokens.lookup, authorization[7:].strip(), clock.now_ms())
         if found is None:
             raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
         return found
@@ -91,48 +101,51 @@ def build_app(runtime: Runtime) -> FastAPI:
     @app.exception_handler(StoreError)
     async def _store_down(_request: Request, exc: StoreError) -> JSONResponse:
         log.error("store error answering a request: %s", exc)
-        return JSONResponse({"detail": f"a backing store failed: {exc}"}, status_code=503)
+        return JSONResponse({"detail": f"a backing store failed: {redact_text(str(exc))}"}, status_code=503)
 
     @api.get("/health")
     async def health() -> dict[str, Any]:
-        components: dict[str, Any] = {}
-        degraded = False
-        ingress = runtime.ingress
-        if ingress is not None:
-            components["mqtt"] = {
-                "state": "connected" if ingress.connected else "disconnected",
-                "last_error": ingress.last_error,
-                "backpressure_pauses": ingress.pauses,
-            }
-            degraded |= not ingress.connected
-        try:
-            await runtime.live.ping()
-            components["live_state"] = {"state": "up"}
-        except StoreError as exc:
-            components["live_state"] = {"state": "down", "error": str(exc)}
-            degraded = True
-        series = runtime.series.stats()
-        components["time_series"] = series
-        degraded |= series.get("state") == "down"
-        try:
-            await asyncio.to_thread(runtime.records_ok)
-            counts = await asyncio.to_thread(runtime.dead_letters.counts)
-            components["records"] = {"state": "up"}
-        except Exception as exc:  # noqa: BLE001 - any failure here is "records down", reported, not raised
-            components["records"] = {"state": "down", "error": str(exc)}
-            counts = dict(runtime.gateway.dead_counts)
-            degraded = True
-        components["gateway"] = runtime.gateway.stats()
-        return {
-            "status": "degraded" if degraded else "ok",
-            "components": components,
-            "dead_letters": {reason: counts.get(reason, 0) for reason in REASONS},
-        }
+        return await health_report(runtime)
 
     @api.post("/tokens", status_code=201, dependencies=[admin_only])
-    async def issue_token(body: TokenRequest) -> dict[str, str]:
-        token = await asyncio.to_thread(runtime.tokens.issue, body.name, body.role, clock.now_ms())
-        return {"name": body.name, "role": body.role, "token": token}
+    async def issue_token(body: TokenRequest) -> dict[str, Any]:
+        now = clock.now_ms()
+        expires = None if body.expires_in_s is None else now + int(body.expires_in_s * 1000)
+        token_id, token = await asyncio.to_thread(
+            lambda: runtime.tokens.issue(
+                body.name, body.role, now, department_id=body.department_id, expires_at_ms=expires
+            )
+        )
+        return {
+            "id": token_id,
+            "name": body.name,
+            "role": body.role,
+            "department_id": body.department_id,
+            "expires_at": None if expires is None else to_iso(expires),
+            "token": token,
+        }
+
+    @api.get("/tokens", dependencies=[admin_only])
+    async def list_tokens() -> list[dict[str, Any]]:
+        infos = await asyncio.to_thread(runtime.tokens.list)
+        return [
+            {
+                "id": t.id,
+                "name": t.name,
+                "role": t.role,
+                "department_id": t.department_id,
+                "created_at": to_iso(t.created_at_ms),
+                "expires_at": None if t.expires_at_ms is None else to_iso(t.expires_at_ms),
+                "revoked_at": None if t.revoked_at_ms is None else to_iso(t.revoked_at_ms),
+            }
+            for t in infos
+        ]
+
+    @api.delete("/tokens/{token_id}", status_code=204, dependencies=[admin_only])
+    async def revoke_token(token_id: str) -> Response:
+        if not await asyncio.to_thread(runtime.tokens.revoke, token_id, clock.now_ms()):
+            raise HTTPException(404, f"no token {token_id!r}")
+        return Response(status_code=204)
 
     @api.post("/devices", status_code=201, dependencies=[device_writer])
     async def register_device(spec: DeviceSpec) -> dict[str, Any]:
@@ -233,4 +246,15 @@ def build_app(runtime: Runtime) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.runtime = runtime
+    return app
+
+
+def build_health_app(runtime: Runtime) -> FastAPI:
+    """Only `GET /api/health`: what a gateway process serves for docker-compose's health check."""
+    app = FastAPI(title="cityops gateway health", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/api/health")
+    async def health() -> dict[str, Any]:
+        return await health_report(runtime)
+
     return app

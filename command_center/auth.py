@@ -1,32 +1,46 @@
-"""API tokens and roles. Tokens are stored as SHA-256 digests, never in clear."""
+"""API tokens and roles. Tokens are stored as SHA-256 digests, never in clear.
+
+A token has a public id (to list and revoke it), a role, for department handlers a department,
+and optionally an expiry. Revocation takes effect at once in the process that revoked it and
+within CACHE_TTL_S in every other process (each caches what it looked up for that long).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, insert, select
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from kernel.errors import StoreError
+from kernel.db import create_schema, dialect_insert
+from kernel.errors import ConfigError, StoreError
 
 Role = Literal["admin", "operator", "leader", "agent", "handler", "viewer"]
 ROLES: Final[tuple[Role, ...]] = ("admin", "operator", "leader", "agent", "handler", "viewer")
 # Who may change the device registry.
 DEVICE_WRITERS: Final = frozenset({"admin", "operator"})
+# A token given to us (file or setting) shorter than this is refused: it could be guessed.
+MIN_TOKEN_CHARS: Final = 24
+CACHE_TTL_S: Final = 5.0
 
 metadata = MetaData()
 api_tokens = Table(
     "api_tokens",
     metadata,
     Column("digest", String(64), primary_key=True),
+    Column("id", String(32), nullable=False, unique=True),
     Column("name", String(100), nullable=False),
     Column("role", String(16), nullable=False),
+    Column("department_id", String(64), nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=True),
+    Column("revoked_at_ms", BigInteger, nullable=True),
 )
 
 
@@ -36,59 +50,164 @@ class Principal:
 
     name: str
     role: Role
+    department_id: str | None = None
+    token_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token as an admin sees it: never the secret."""
+
+    id: str
+    name: str
+    role: Role
+    department_id: str | None
+    created_at_ms: int
+    expires_at_ms: int | None
+    revoked_at_ms: int | None
 
 
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def check_token_text(token: str, where: str) -> str:
+    """The token without surrounding space; refused when empty or too short to be safe."""
+    token = token.strip()
+    if not token:
+        raise ConfigError(f"{where} is empty: put a random token of {MIN_TOKEN_CHARS}+ characters there, or remove it")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{where} is {len(token)} characters long; a token needs at least {MIN_TOKEN_CHARS}")
+    return token
+
+
+def _info(row: Any) -> TokenInfo:
+    return TokenInfo(
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        department_id=row.department_id,
+        created_at_ms=row.created_at_ms,
+        expires_at_ms=row.expires_at_ms,
+        revoked_at_ms=row.revoked_at_ms,
+    )
+
+
 class TokenStore:
-    """Tokens in the records database, with an in-memory cache of the ones seen."""
+    """Tokens in the records database, with a short-lived cache of the ones looked up."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._cache: dict[str, Principal] = {}
+        # digest -> (principal or None, expires_at_ms or None, cached until (monotonic s))
+        self._cache: dict[str, tuple[Principal, int | None, float]] = {}
 
     def create_schema(self) -> None:
-        metadata.create_all(self._engine)
+        create_schema(self._engine, metadata)
 
-    def _store(self, token: str, name: str, role: Role, now_ms: int) -> None:
+    def _store(
+        self,
+        token: str,
+        name: str,
+        role: Role,
+        now_ms: int,
+        department_id: str | None = None,
+        expires_at_ms: int | None = None,
+    ) -> str:
+        """Store the token unless its digest is there already (several processes may start at once)."""
+        token_id = secrets.token_hex(8)
         with self._engine.begin() as conn:
-            exists = conn.execute(select(api_tokens.c.digest).where(api_tokens.c.digest == digest(token))).first()
-            if exists is None:
-                conn.execute(
-                    insert(api_tokens).values(digest=digest(token), name=name, role=role, created_at_ms=now_ms)
-                )
+            stmt = dialect_insert(conn, api_tokens).values(
+                digest=digest(token),
+                id=token_id,
+                name=name,
+                role=role,
+                department_id=department_id,
+                created_at_ms=now_ms,
+                expires_at_ms=expires_at_ms,
+            )
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=[api_tokens.c.digest]))
+            found = conn.execute(select(api_tokens.c.id).where(api_tokens.c.digest == digest(token))).scalar_one()
+        return str(found)
 
-    def issue(self, name: str, role: Role, now_ms: int) -> str:
-        """A new random token for `role`."""
+    def issue(
+        self,
+        name: str,
+        role: Role,
+        now_ms: int,
+        *,
+        department_id: str | None = None,
+        expires_at_ms: int | None = None,
+    ) -> tuple[str, str]:
+        """A new random token for `role`: (its id, the token itself, shown only this once)."""
         token = secrets.token_urlsafe(32)
         try:
-            self._store(token, name, role, now_ms)
+            token_id = self._store(token, name, role, now_ms, department_id, expires_at_ms)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store token: {exc}") from exc
-        return token
+        return token_id, token
 
-    def lookup(self, token: str) -> Principal | None:
+    def lookup(self, token: str, now_ms: int) -> Principal | None:
+        """Who holds this token, or None if it is unknown, revoked or expired."""
         key = digest(token)
-        found = self._cache.get(key)
-        if found is not None:
-            return found
-        with self._engine.connect() as conn:
-            row = conn.execute(select(api_tokens).where(api_tokens.c.digest == key)).first()
-        if row is None:
+        cached = self._cache.get(key)
+        if cached is not None and cached[2] > time.monotonic():
+            principal, expires_at_ms, _ = cached
+            return None if expires_at_ms is not None and expires_at_ms <= now_ms else principal
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(select(api_tokens).where(api_tokens.c.digest == key)).first()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot look the token up: {exc}") from exc
+        if row is None or row.revoked_at_ms is not None:
+            self._cache.pop(key, None)
             return None
-        principal = Principal(row.name, row.role)
-        self._cache[key] = principal
+        principal = Principal(row.name, row.role, row.department_id, row.id)
+        self._cache[key] = (principal, row.expires_at_ms, time.monotonic() + CACHE_TTL_S)
+        if row.expires_at_ms is not None and row.expires_at_ms <= now_ms:
+            return None
         return principal
 
+    def list(self) -> list[TokenInfo]:
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(select(api_tokens).order_by(api_tokens.c.created_at_ms, api_tokens.c.id))
+                return [_info(row) for row in rows]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot list tokens: {exc}") from exc
+
+    def revoke(self, token_id: str, now_ms: int) -> bool:
+        """Revoke a token by its id; False if there is no such token."""
+        try:
+            with self._engine.begin() as conn:
+                found = conn.execute(select(api_tokens.c.digest).where(api_tokens.c.id == token_id)).scalar()
+                if found is None:
+                    return False
+                conn.execute(
+                    update(api_tokens)
+                    .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at_ms.is_(None))
+                    .values(revoked_at_ms=now_ms)
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot revoke token: {exc}") from exc
+        self._cache.pop(found, None)
+        return True
+
     def ensure_admin(self, token_file: Path, configured: str | None, now_ms: int) -> str:
-        """The admin token: the configured one, else the one in `token_file`, else a new one written there."""
+        """The admin token: the configured one, else the one in `token_file`, else a new one written there.
+
+        An empty or too short token (in the setting or the file) is refused with a clear error,
+        never registered. A revoked admin token in the file is replaced by a new one; a revoked
+        configured one is an error (its owner must set another).
+        """
         if configured is not None:
-            token = configured
+            token = check_token_text(configured, "the configured admin token (CITYOPS_ADMIN_TOKEN)")
         elif token_file.exists():
-            token = token_file.read_text(encoding="utf-8").strip()
+            token = check_token_text(token_file.read_text(encoding="utf-8"), f"the admin token file {token_file}")
         else:
+            token = secrets.token_urlsafe(32)
+        if self._revoked(token):
+            if configured is not None:
+                raise ConfigError("the configured admin token (CITYOPS_ADMIN_TOKEN) was revoked; set a new one")
             token = secrets.token_urlsafe(32)
         self._store(token, "admin", "admin", now_ms)
         if not token_file.exists() or token_file.read_text(encoding="utf-8").strip() != token:
@@ -98,3 +217,10 @@ class TokenStore:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(token + "\n")
         return token
+
+    def _revoked(self, token: str) -> bool:
+        with self._engine.connect() as conn:
+            revoked = conn.execute(
+                select(api_tokens.c.revoked_at_ms).where(api_tokens.c.digest == digest(token))
+            ).scalar()
+        return revoked is not None

@@ -15,6 +15,7 @@ import uvicorn
 
 from kernel.clock import SystemClock
 from kernel.errors import CityOpsError
+from kernel.redact import install_log_redaction, redact_text
 from kernel.settings import Settings, load_settings
 
 from .city import demo_city_path, load_city
@@ -45,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     gw = sub.add_parser("gateway", help="run only the MQTT gateway (a production process)")
     gw.add_argument("--config", type=Path)
     gw.add_argument("--data-dir", type=Path)
+    gw.add_argument("--http-host", help="where its health endpoint listens (default 127.0.0.1)")
+    gw.add_argument(
+        "--health-port", type=int, default=None, help="serve GET /api/health on this port (for docker-compose)"
+    )
+
+    health = sub.add_parser("health", help="exit 0 when a cityops process's health is ok, 1 otherwise")
+    health.add_argument("--url", default="http://127.0.0.1:8000/api/health")
+    health.add_argument("--timeout", type=float, default=5.0)
 
     sim = sub.add_parser("simulate", help="publish a simulated city to an MQTT broker")
     sim.add_argument("--mqtt-url", required=True, help="mqtt://host:port")
@@ -73,9 +82,7 @@ async def _serve(settings: Settings, *, ingest: bool = True) -> None:
     from .api import build_app  # the API pulls in FastAPI; only `run` needs it
 
     app = build_app(runtime)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.http_host, port=settings.http_port, lifespan="off", log_level="info")
-    )
+    server = uvicorn.Server(_uvicorn_config(app, settings.http_host, settings.http_port))
     log.info(
         "wall on http://%s:%d/  admin token in %s",
         settings.http_host,
@@ -92,17 +99,44 @@ async def _serve(settings: Settings, *, ingest: bool = True) -> None:
         log.info("stopped cleanly")
 
 
-async def _gateway_only(settings: Settings) -> None:
+def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    # log_config=None: uvicorn's loggers (its access log included) go through our root handler,
+    # whose filter redacts tokens in query strings and passwords in URLs.
+    return uvicorn.Config(app, host=host, port=port, lifespan="off", log_level="info", log_config=None)
+
+
+async def _gateway_only(settings: Settings, health_port: int | None) -> None:
     runtime = await start_runtime(settings, SystemClock())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        if health_port is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        else:
+            # uvicorn serves the health endpoint and returns on SIGTERM/SIGINT, as in `run`.
+            from .api import build_health_app
+
+            server = uvicorn.Server(_uvicorn_config(build_health_app(runtime), settings.http_host, health_port))
+            _quiet_signals()
+            await server.serve()
     finally:
         await stop_runtime(runtime)
         log.info("gateway stopped cleanly: %s", runtime.gateway.stats())
+
+
+def _health(url: str, timeout_s: float) -> int:
+    import httpx
+
+    try:
+        answer = httpx.get(url, timeout=timeout_s)
+        status = answer.json().get("status")
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"cityops health: {url} did not answer: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(status)
+    return 0 if answer.status_code == 200 and status == "ok" else 1
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -130,11 +164,8 @@ def _simulate(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cityops` command."""
     args = _parser().parse_args(argv)
-    import os
-
-    if os.environ.get("PYTHONSWITCH"):
-        sys.setswitchinterval(float(os.environ.get("SWITCH", "0.0005")))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
     # amqtt logs every connection and state-machine step at INFO; the operator needs its warnings.
     for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -142,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "simulate":
             _simulate(args)
             return 0
+        if args.command == "health":
+            return _health(args.url, args.timeout)
         settings = load_settings(
             args.config,
             data_dir=args.data_dir,
@@ -151,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             mqtt_port=getattr(args, "mqtt_port", None),
         )
         if args.command == "gateway":
-            asyncio.run(_gateway_only(settings))
+            asyncio.run(_gateway_only(settings, args.health_port))
         else:
             asyncio.run(_serve(settings, ingest=args.command == "run"))
     except CityOpsError as exc:
-        print(f"cityops: {exc}", file=sys.stderr)
+        print(f"cityops: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     return 0
 

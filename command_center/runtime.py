@@ -91,7 +91,8 @@ async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True
     devices, dead, tokens = SqlDevices(engine), SqlDeadLetters(engine), TokenStore(engine)
     for store in (devices, dead, tokens):
         await asyncio.to_thread(store.create_schema)
-    admin_secret = settings.admin_token.get_secret_value() if settings.admin_token else None
+    # `is not None`: an empty SecretStr is falsy, and an empty token must be refused, not ignored.
+    admin_secret = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
     admin = await asyncio.to_thread(
         tokens.ensure_admin, settings.data_dir / "admin.token", admin_secret, clock.now_ms()
     )
