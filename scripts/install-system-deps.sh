@@ -5,6 +5,10 @@ set -euo pipefail
 
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+# mosquitto_pub and mosquitto_sub: a real third-party MQTT client for the tests.
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+# openssl makes the throwaway CA of the mqtts:// tests.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)

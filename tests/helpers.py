@@ -70,56 +70,56 @@ class LoadPublisher:
 
         self.devices, self.n, self.rate, self.base_ts = devices, n, rate, base_ts
         self.acked: set[int] = set()
-        self._mids: dict[int, int] = {}
-        self._early: set[int] = set()
-        self._lock = threading.Lock()
+        self.mids_sent: dict[int, int] = {}
+        self.acked_early: set[int] = set()
+        self.lock = threading.Lock()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311
         )
         self.client.max_inflight_messages_set(200)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(1, 2)
-        self.client.on_publish = self._on_publish
+        self.client.on_publish = self.on_publish
         self.client.connect(host, port, keepalive=10)
         self.client.loop_start()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self.run, daemon=True)
 
     def topic(self, i: int) -> str:
         return f"city/sensors/gas/{self.devices[i % len(self.devices)]}"
 
-    def _on_publish(self, _c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
+    def on_publish(self, _c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
         # Runs on paho's thread, which holds paho's own locks: never wait on anything else here.
-        with self._lock:
-            index = self._mids.pop(mid, None)
+        with self.lock:
+            index = self.mids_sent.pop(mid, None)
             if index is None:
-                self._early.add(mid)  # acknowledged before publish() returned its mid
+                self.acked_early.add(mid)  # acknowledged before publish() returned its mid
             else:
                 self.acked.add(index)
 
-    def _run(self) -> None:
+    def run(self) -> None:
         import json as _json
 
         started = time.monotonic()
         for i in range(self.n):
             payload = _json.dumps({"ts": self.base_ts + i, "value": 1.0 + (i % 10)})
             info = self.client.publish(self.topic(i), payload, qos=1)
-            with self._lock:
-                if info.mid in self._early:
-                    self._early.discard(info.mid)
+            with self.lock:
+                if info.mid in self.acked_early:
+                    self.acked_early.discard(info.mid)
                     self.acked.add(i)
                 else:
-                    self._mids[info.mid] = i
+                    self.mids_sent[info.mid] = i
             delay = started + (i + 1) / self.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
 
     def start(self) -> LoadPublisher:
-        self._thread.start()
+        self.thread.start()
         return self
 
     def wait_sent(self, timeout_s: float = 120) -> None:
         """Wait until every reading was published and the broker acknowledged all it will."""
-        self._thread.join(timeout_s)
+        self.thread.join(timeout_s)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and len(self.acked) < self.n:
             time.sleep(0.05)

@@ -10,11 +10,11 @@ import pytest
 
 from tests.helpers import GAUGE
 
-from .conftest import Center
+from .conftest import Center, api_client
 
 
 async def test_health_needs_no_token(center: Center) -> None:
-    async with httpx.AsyncClient(transport=center.api._transport, base_url="http://cityops") as anonymous:
+    async with api_client(center.runtime, anonymous=True) as anonymous:
         answer = await anonymous.get("/api/health")
     assert answer.status_code == 200
     body = answer.json()
@@ -25,7 +25,7 @@ async def test_health_needs_no_token(center: Center) -> None:
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic abc", "Bearer "])
 async def test_no_or_bad_token_is_401(center: Center, header: str | None) -> None:
     headers = {} if header is None else {"Authorization": header}
-    async with httpx.AsyncClient(transport=center.api._transport, base_url="http://cityops") as client:
+    async with api_client(center.runtime, anonymous=True) as client:
         for call in (
             client.get("/api/devices", headers=headers),
             client.post("/api/devices", json=GAUGE, headers=headers),

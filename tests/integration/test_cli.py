@@ -140,15 +140,23 @@ def test_simulate_command_feeds_a_gateway_process(tmp_path: Path, mosquitto_serv
     # The gateway on its own (a production process), with the demo city as its config.
     from command_center.city import demo_city_path
 
+    health_port = servers.free_port()
     gateway = subprocess.Popen(
-        [*CITYOPS, "gateway", "--config", str(demo_city_path())],
+        [*CITYOPS, "gateway", "--config", str(demo_city_path()), "--health-port", str(health_port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+    def health(port: int) -> subprocess.CompletedProcess[str]:
+        url = f"http://127.0.0.1:{port}/api/health"
+        return subprocess.run([*CITYOPS, "health", "--url", url], capture_output=True, text=True, check=False)
+
     try:
-        wait_for(lambda: (data / "series.sqlite").exists() or (data / "admin.token").exists(), timeout_s=30)
-        time.sleep(1.0)  # let it subscribe
+        # The health check docker-compose runs: 0 once the gateway is up and subscribed.
+        wait_for(lambda: health(health_port).returncode == 0, timeout_s=60)
+        assert health(health_port).stdout.strip() == "ok"
+        assert health(servers.free_port()).returncode == 1  # nothing answers there
         sim = subprocess.run(
             [
                 *CITYOPS,
