@@ -13,6 +13,8 @@ import time
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 
 def main() -> None:
@@ -23,6 +25,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--client-id", default="bench-bare")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1")
     args = parser.parse_args()
 
     done = threading.Event()
@@ -44,13 +47,23 @@ def main() -> None:
         if state["count"] >= args.n:
             done.set()
 
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=args.client_id, clean_session=False, protocol=mqtt.MQTTv311
-    )
+    if args.protocol == "5":
+        # Like the gateway: a persistent session (clean_start off, an expiry) and a wide window.
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv5)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.ReceiveMaximum = 65_535
+        props.SessionExpiryInterval = 3600
+    else:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=args.client_id, clean_session=False, protocol=mqtt.MQTTv311
+        )
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
-    client.connect(args.host, args.port, keepalive=60)
+    if args.protocol == "5":
+        client.connect(args.host, args.port, keepalive=60, clean_start=False, properties=props)
+    else:
+        client.connect(args.host, args.port, keepalive=60)
     client.loop_start()
     subscribed.wait(30)
     print("subscribed", flush=True)

@@ -91,12 +91,15 @@ def publish_all(port: int, batch: list[tuple[str, bytes]]) -> float:
     return elapsed
 
 
-def start_bare(port: int, mode: str, n: int = 0) -> subprocess.Popen[str]:
+def start_bare(port: int, mode: str, n: int = 0, protocol: str = "3.1.1") -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.bare_subscriber", mode, "--port", str(port), "--n", str(n)],
+        [
+            sys.executable, "-m", "bench.bare_subscriber", mode, "--port", str(port), "--n", str(n),
+            "--protocol", protocol, "--client-id", f"bench-bare-{protocol}",
+        ],
         stdout=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if "subscribed" not in line:
@@ -178,57 +181,143 @@ def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def production(n: int, device_count: int, work: Path) -> dict[str, Any]:
+def junk(i: int, devices: list[Device]) -> tuple[str, bytes]:
+    """Hostile message number i: a rotation of what the fuzz test throws, all refused."""
+    d = devices[i % len(devices)]
+    topic = f"city/sensors/{d.kind}/{d.id}" if d.kind != "vehicle" else f"city/vehicles/{d.id}/gps"
+    kind = i % 8
+    if kind == 0:
+        return topic, b'{"ts": 1, "value": '
+    if kind == 1:
+        return f"city/sensors/gas/ghost-{i}", b'{"ts": 1795000000000, "value": 1}'
+    if kind == 2:
+        return topic, json.dumps([{"ts": 0, "value": 0}] * 50).encode()
+    if kind == 3:
+        return topic, b"[" * 2000 + b"]" * 2000
+    if kind == 4:
+        return topic, b'{"ts": 1795000000000, "value": 1' + b"0" * 500 + b"}"
+    if kind == 5:
+        return topic, bytes((i * 7 + k) % 256 for k in range(200))
+    if kind == 6:
+        return f"city/sensors/rain/{d.id}", b'{"ts": 1795000000000, "value": 1}'
+    return topic, b'{"ts": "yesterday", "value": 1}'
+
+
+def health_stats(port: int) -> dict[str, Any]:
+    try:
+        body: dict[str, Any] = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=10).json()
+    except httpx.HTTPError:
+        return {}
+    return dict(body["components"]["gateway"])
+
+
+def hostile(
+    devices: list[Device], n: int, base_env: dict[str, str], mqtt_port: int, influx_url: str, work: Path
+) -> dict[str, Any]:
+    """Good readings drained alone, then the same good readings interleaved 1:1 with hostile messages.
+
+    Figures: good readings/s in both drains (their ratio is what the flood costs good data), and
+    hostile messages/s absorbed (checked, kept as one dead letter each, counted) during the flood.
+    """
+    good = messages(devices, n)
+    results: dict[str, Any] = {}
+    for phase, batch in (
+        ("alone", good),
+        ("flood", [m for pair in zip(good, (junk(i, devices) for i in range(n)), strict=True) for m in pair]),
+    ):
+        port = servers.free_port()
+        env = {
+            **base_env,
+            "CITYOPS_MQTT_CLIENT_ID": f"bench-{phase}",
+            "CITYOPS_INFLUX_DATABASE": f"bench_{phase}",
+            "CITYOPS_DATA_DIR": str(work / phase),
+        }
+        log = work / f"gateway-{phase}.log"
+        first = cityops(["gateway", "--health-port", str(port)], env, log)
+        wait_log(log, "subscribed to")
+        stop(first)
+        publish_all(mqtt_port, batch)
+        gateway = cityops(["gateway", "--health-port", str(port)], env, log)
+        wait_log(log, "Uvicorn running")
+        started = time.perf_counter()
+        database = f"bench_{phase}"
+        stored = measure(lambda: influx_count(influx_url, database), n)  # noqa: B023 - called before the loop moves on
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            stats = health_stats(port)
+            if stats.get("messages", 0) >= len(batch) and stats.get("queued", 1) == 0:
+                break
+            time.sleep(0.1)
+        all_s = time.perf_counter() - started
+        results[phase] = {"good_rate": stored["rate"], "all_s": all_s, "stats": stats}
+        stop(gateway)
+    flood = results["flood"]
+    flood["hostile_rate"] = n / flood["all_s"]
+    return results
+
+
+PROTOCOLS = ("5", "3.1.1")
+
+
+def production(n: int, device_count: int, work: Path, hostile_n: int = 0) -> dict[str, Any]:
+    """One publish, queued by Mosquitto for four persistent sessions, drained one after the other:
+    a bare subscriber and the gateway, each in MQTT 5 and in MQTT 3.1.1."""
     mosq, red, influx = servers.mosquitto(work), servers.redis(work), servers.influxdb(work)
     pg = servers.postgres()
     try:
         db_url = servers.new_database(pg, "bench")
         devices = register_devices(db_url, work, device_count)
         batch = messages(devices, n)
-
-        # Baseline: the bare subscriber drains what the broker kept for it.
-        start_bare(mosq.port, "prime").communicate(timeout=60)
-        publish_s = publish_all(mosq.port, batch)
-        bare = finish_bare(start_bare(mosq.port, "drain", n))
-        # Its session must not keep collecting what the gateway's phase publishes.
-        cleaner = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=True)
-        cleaner.connect("127.0.0.1", mosq.port)
-        cleaner.disconnect()
-
-        env = {
+        base_env = {
             "CITYOPS_MQTT_URL": mosq.url,
             "CITYOPS_REDIS_URL": red.url,
             "CITYOPS_INFLUX_URL": influx.url,
-            "CITYOPS_INFLUX_DATABASE": "bench",
             "CITYOPS_DATABASE_URL": db_url,
-            "CITYOPS_MQTT_CLIENT_ID": "bench-gateway",
             "CITYOPS_DATA_DIR": str(work / "gw"),
         }
-        log = work / "gateway.log"
-        first = cityops(["gateway"], env, log)
-        wait_log(log, "subscribed to")
-        stop(first)  # its persistent session stays with Mosquitto
-        publish_all(mosq.port, batch)
-        log.write_text("")
-        gateway = cityops(["gateway"], env, log)
-        wait_log(log, "gateway started with")
-        rss_idle = rss_mib(gateway.pid)
-        result = measure(lambda: influx_count(influx.url, "bench"), n)
-        rss_peak = rss_mib(gateway.pid)
+
+        def gateway_env(protocol: str) -> dict[str, str]:
+            tag = protocol.replace(".", "")
+            return {
+                **base_env,
+                "CITYOPS_MQTT_PROTOCOL": protocol,
+                "CITYOPS_MQTT_CLIENT_ID": f"bench-gateway-{tag}",
+                "CITYOPS_INFLUX_DATABASE": f"bench{tag}",
+            }
+
+        # Every session subscribes once and goes away: Mosquitto then queues the publish for each.
+        for protocol in PROTOCOLS:
+            start_bare(mosq.port, "prime", protocol=protocol).communicate(timeout=60)
+            log = work / f"gateway-{protocol}.log"
+            first = cityops(["gateway"], gateway_env(protocol), log)
+            wait_log(log, "subscribed to")
+            stop(first)
+        publish_s = publish_all(mosq.port, batch)
+
+        result: dict[str, Any] = {"publish_s": publish_s, "bare": {}, "gateway": {}}
+        for protocol in PROTOCOLS:
+            result["bare"][protocol] = finish_bare(start_bare(mosq.port, "drain", n, protocol))
         import redis as redis_lib
 
-        live_keys = int(redis_lib.Redis.from_url(red.url).dbsize())
-        stop(gateway)
-        stats_line = [line for line in log.read_text().splitlines() if "gateway stopped cleanly" in line]
-        return {
-            "bare": bare,
-            "gateway": result,
-            "publish_s": publish_s,
-            "rss_idle_mib": rss_idle,
-            "rss_mib": rss_peak,
-            "live_keys": live_keys,
-            "stats": stats_line[-1] if stats_line else "",
-        }
+        for protocol in PROTOCOLS:
+            log = work / f"gateway-{protocol}.log"
+            log.write_text("")
+            env = gateway_env(protocol)
+            gateway = cityops(["gateway"], env, log)
+            wait_log(log, "gateway started with")
+            proc = psutil.Process(gateway.pid)
+            rss_idle, cpu_before = rss_mib(gateway.pid), sum(proc.cpu_times()[:2])
+            drained = measure(lambda db=env["CITYOPS_INFLUX_DATABASE"]: influx_count(influx.url, db), n)  # type: ignore[misc]
+            drained["cpu_us_per_reading"] = (sum(proc.cpu_times()[:2]) - cpu_before) / n * 1e6
+            drained["rss_idle_mib"], drained["rss_mib"] = rss_idle, rss_mib(gateway.pid)
+            stop(gateway)
+            stats = [line for line in log.read_text().splitlines() if "gateway stopped cleanly" in line]
+            drained["stats"] = stats[-1] if stats else ""
+            result["gateway"][protocol] = drained
+        result["live_keys"] = int(redis_lib.Redis.from_url(red.url).dbsize())
+        if hostile_n:
+            result["hostile"] = hostile(devices, hostile_n, gateway_env("5"), mosq.port, influx.url, work)
+        return result
     finally:
         for server in (mosq, red, influx):
             server.stop()
@@ -271,30 +360,49 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200_000, help="readings for the production run")
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--embedded-n", type=int, default=20_000, help="readings for the embedded run (0 skips)")
+    parser.add_argument("--hostile-n", type=int, default=50_000, help="good and hostile messages of the flood run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cityops-bench-"))
     print(f"== bench/ingest: {args.n:,} readings, {args.devices:,} registered devices, {os.cpu_count()} cores ==")
-    prod = production(args.n, args.devices, work)
-    bare_rate, gw_rate = prod["bare"]["rate"], prod["gateway"]["rate"]
-    print("production: Mosquitto 2 + Redis 7 + InfluxDB 1.6 + PostgreSQL 15")
-    print(f"  publisher (QoS 1)           {args.n / prod['publish_s']:>10,.0f} readings/s")
+    prod = production(args.n, args.devices, work, args.hostile_n)
+    bare5, bare3 = prod["bare"]["5"]["rate"], prod["bare"]["3.1.1"]["rate"]
+    gw5, gw3 = prod["gateway"]["5"], prod["gateway"]["3.1.1"]
+    print("production: Mosquitto 2 + Redis 7 + InfluxDB 1.6 + PostgreSQL 15; one publish drained by each session")
+    print(f"  publisher (QoS 1)             {args.n / prod['publish_s']:>10,.0f} readings/s")
+    print(f"  bare paho subscriber, MQTT 5  {bare5:>10,.0f} readings/s  (drain, counts only)")
+    print(f"  bare paho subscriber, 3.1.1   {bare3:>10,.0f} readings/s")
     print(
-        f"  bare paho subscriber        {bare_rate:>10,.0f} readings/s  (drain, {prod['bare']['received']:,} received)"
+        f"  cityops gateway, MQTT 5       {gw5['rate']:>10,.0f} readings/s  (acknowledged after Redis and InfluxDB"
+        f" have it; {gw5['cpu_us_per_reading']:.0f} us CPU per reading)"
     )
-    print(f"  cityops gateway             {gw_rate:>10,.0f} readings/s  (validated, in Redis and in InfluxDB)")
-    print(f"  ratio gateway / bare        {gw_rate / bare_rate:>10.2f}")
     print(
-        f"  gateway RSS                 {prod['rss_idle_mib']:>10.0f} MiB with {args.devices:,} devices loaded, "
-        f"{prod['rss_mib']:.0f} MiB after the drain"
+        f"  cityops gateway, 3.1.1        {gw3['rate']:>10,.0f} readings/s  "
+        f"({gw3['cpu_us_per_reading']:.0f} us CPU per reading)"
     )
-    print(f"  Redis live-state keys       {prod['live_keys']:>10,}")
-    print(f"  {prod['stats'].split(': ', 1)[-1]}")
+    print(f"  ratio gateway / bare, MQTT 5  {gw5['rate'] / bare5:>10.2f}")
+    print(f"  ratio gateway / bare, 3.1.1   {gw3['rate'] / bare3:>10.2f}")
+    print(f"  ratio gateway 5 / bare 3.1.1  {gw5['rate'] / bare3:>10.2f}")
+    print(
+        f"  gateway RSS                   {gw5['rss_idle_mib']:>10.0f} MiB with {args.devices:,} devices loaded, "
+        f"{gw5['rss_mib']:.0f} MiB after the drain"
+    )
+    print(f"  Redis live-state keys         {prod['live_keys']:>10,}")
+    print(f"  {gw5['stats'].split(': ', 1)[-1]}")
+    if args.hostile_n:
+        alone, flood = prod["hostile"]["alone"], prod["hostile"]["flood"]
+        print(f"hostile flood (MQTT 5): {args.hostile_n:,} good readings drained alone, then interleaved 1:1 with")
+        print("  as many hostile messages (bad JSON, unknown devices, junk arrays, deep nesting, huge numbers, ...)")
+        print(f"  good readings alone           {alone['good_rate']:>10,.0f} readings/s")
+        print(f"  good readings in the flood    {flood['good_rate']:>10,.0f} readings/s")
+        print(f"  ratio flood / alone           {flood['good_rate'] / alone['good_rate']:>10.2f}")
+        print(f"  hostile messages absorbed     {flood['hostile_rate']:>10,.0f} messages/s  (each one dead letter)")
+        print(f"  gateway after the flood       {flood['stats']}")
     if args.embedded_n:
         emb = embedded(args.embedded_n, args.devices, work)
         e_bare, e_gw = emb["bare"]["rate"], emb["gateway"]["rate"]
         print(f"embedded default: amqtt in-process + memory live state + SQLite, {args.embedded_n:,} readings")
         print(f"  publisher (QoS 1)           {args.embedded_n / emb['publish_s']:>10,.0f} readings/s")
-        print(f"  bare paho subscriber        {e_bare:>10,.0f} readings/s  (same broker, same stream)")
+        print(f"  bare paho subscriber        {e_bare:>10,.0f} readings/s  (3.1.1, same broker, same stream)")
         print(f"  cityops gateway             {e_gw:>10,.0f} readings/s  (validated, in memory and in SQLite)")
         print(f"  ratio gateway / bare        {e_gw / e_bare:>10.2f}")
         print(

@@ -143,12 +143,12 @@ async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True
     return runtime
 
 
-async def stop_runtime(runtime: Runtime, write_timeout_s: float = 30.0) -> None:
+async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -> None:
     """Stop in reverse order: take no more messages, write (and acknowledge) what was taken,
     then disconnect; the stores close last."""
     if runtime.ingress is not None:
         runtime.ingress.stop_reading()
-    await runtime.gateway.stop(write_timeout_s)
+    await runtime.gateway.stop(write_timeout_s or runtime.settings.shutdown_write_timeout_s)
     if runtime.ingress is not None:
         await runtime.ingress.stop()
     if runtime.broker is not None:

@@ -217,12 +217,12 @@ class Gateway:
 
     @staticmethod
     def _letter(
-        topic: str, payload: bytes, rejections: list[tuple[str, str]], refused: Counter[str], now: int
+        topic: str, payload: bytes, rejections: list[tuple[str, str]], refused: dict[str, int], now: int
     ) -> DeadLetter:
         total = sum(refused.values())
         detail = "; ".join(detail for _, detail in rejections)
         if total > len(rejections):
-            counts = ", ".join(f"{reason} {n}" for reason, n in refused.most_common())
+            counts = ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items(), key=lambda kv: -kv[1]))
             detail = f"{total} items refused ({counts}); first: {detail}"
         return DeadLetter(topic, payload[:DEAD_LETTER_PAYLOAD_BYTES], rejections[0][0], detail, now, dict(refused))
 

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     dead_letter_max_age_days: float = Field(default=7.0, gt=0)
 
     registry_refresh_s: float = Field(default=30.0, gt=0)
+    # How long a stop waits for the stores to take what was received; what is left then stays
+    # unacknowledged, and the broker delivers it again to the next gateway.
+    shutdown_write_timeout_s: float = Field(default=30.0, gt=0)
 
     simulate_rate: float = Field(default=20.0, gt=0)
 

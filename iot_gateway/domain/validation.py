@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -79,10 +78,11 @@ class Checked:
     samples: list[Sample] = field(default_factory=list)
     status: DeviceStatus | None = None
     rejections: list[tuple[str, str]] = field(default_factory=list)
-    refused: Counter[str] = field(default_factory=Counter)
+    # A plain dict, not a Counter: this is made for every message, and Counter() costs 15 times more.
+    refused: dict[str, int] = field(default_factory=dict)
 
     def refuse(self, reason: str, detail: str) -> None:
-        self.refused[reason] += 1
+        self.refused[reason] = self.refused.get(reason, 0) + 1
         if len(self.rejections) < MAX_DETAILS:
             self.rejections.append((reason, _clean(detail)))
 

@@ -144,6 +144,7 @@ def test_no_password_or_token_reaches_health_errors_or_logs(
         # The test PostgreSQL trusts every local login: the password is carried, not checked.
         "CITYOPS_DATABASE_URL": db.replace("postgres@", f"postgres:{secret}-pg@"),
         "CITYOPS_MQTT_CLIENT_ID": "gw-secrets",
+        "CITYOPS_SHUTDOWN_WRITE_TIMEOUT_S": "2",  # InfluxDB refuses us to the end: stop without waiting 30 s
     }
     data, port = tmp_path / "data", servers.free_port()
     log_path = tmp_path / "cityops.log"

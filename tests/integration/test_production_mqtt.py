@@ -228,3 +228,53 @@ async def test_stop_with_redis_down_gives_up_in_time_and_the_reading_comes_back_
 
 async def _failing(stats: dict[str, object]) -> bool:
     return stats["last_error"] is not None
+
+
+async def test_a_reading_influxdb_rejects_as_malformed_is_a_dead_letter_not_a_stall(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-malformed")
+    influx = settings.influx_url
+    assert influx is not None
+    # Someone wrote `value` of measurement water_level as text in this week's shard: our floats conflict.
+    now = int(time.time() * 1000)
+    async with httpx.AsyncClient(base_url=influx) as raw:
+        await raw.post("/query", params={"q": f'CREATE DATABASE "{settings.influx_database}"'})
+        answer = await raw.post(
+            "/write",
+            params={"db": settings.influx_database, "precision": "ms"},
+            content=f'water_level,device_id=other value="text" {now - 1000}'.encode(),
+        )
+        assert answer.status_code == 204, answer.text
+    runtime = await start_runtime(settings, SystemClock())
+    try:
+        async with api_client(runtime) as api:
+            assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
+            gas = {**GAUGE, "id": "gas-1", "kind": "gas", "attributes": {}}
+            assert (await api.post("/api/devices", json=gas)).status_code == 201
+            sensor = Publisher("127.0.0.1", runtime.mqtt_target().port)
+            await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": now, "value": 24.0}))
+            await sensor.publish("city/sensors/gas/gas-1", json.dumps({"ts": now, "value": 3.0}))
+            sensor.close()
+
+            async def rejected() -> list[dict[str, object]]:
+                letters: list[dict[str, object]] = (
+                    await api.get("/api/dead-letters", params={"reason": "store_rejected"})
+                ).json()
+                return letters
+
+            [letter] = await eventually(rejected)
+            assert letter["topic"] == "city/sensors/water_level/res-1"
+            assert "conflict" in str(letter["detail"])
+
+            async def gas_stored() -> bool:
+                return len((await api.get("/api/devices/gas-1/readings")).json()) == 1
+
+            await eventually(gas_stored)  # the other reading of the batch went on
+            health = (await api.get("/api/health")).json()
+            assert health["dead_letters"]["store_rejected"] == 1
+            assert health["components"]["time_series"]["rejected"] == 1
+            assert health["components"]["gateway"]["queued"] == 0  # acknowledged, not retried forever
+            assert (await api.get("/api/devices/res-1")).json()["latest"] is None  # nor in live state
+    finally:
+        await stop_runtime(runtime)
