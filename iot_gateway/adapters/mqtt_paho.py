@@ -204,17 +204,28 @@ class PahoIngress:
         self._in_loop(self._loop.remove_writer, sock)
 
     def _on_readable(self) -> None:
+        if self._sock is None or self._paused or not self._reading:
+            return  # a read scheduled by call_soon may find the reader paused or stopped meanwhile
         client = self._client
         for _ in range(self.READ_BURST):
             before = self._received
             if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or self._received == before:
                 break
+        assert self._loop is not None
         if self._backlogged() and self._sock is not None and not self._paused:
             self._paused = True
             self.pauses += 1
-            assert self._loop is not None
             self._loop.remove_reader(self._sock)
             self._loop.call_later(0.01, self._maybe_resume)
+        elif self._tls_pending():
+            self._loop.call_soon(self._on_readable)
+
+    def _tls_pending(self) -> bool:
+        # TLS decrypts whole records (up to 16 KiB, hundreds of small messages): what is left in
+        # the SSL layer after a burst is no longer on the socket, and would wake no reader. paho's
+        # own loop checks pending() for the same reason before it waits in select().
+        pending = getattr(self._sock, "pending", None)
+        return bool(pending is not None and pending())
 
     def _maybe_resume(self) -> None:
         assert self._loop is not None
@@ -225,6 +236,8 @@ class PahoIngress:
             return
         self._paused = False
         self._loop.add_reader(self._sock, self._on_readable)
+        if self._tls_pending():
+            self._loop.call_soon(self._on_readable)
 
     def _on_connect(self, client: mqtt.Client, _ud: object, _flags: object, reason: object, _p: object) -> None:
         if getattr(reason, "is_failure", False):

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from command_center.runtime import start_runtime, stop_runtime
 from kernel.clock import SystemClock
@@ -28,7 +30,11 @@ from .conftest import Center, api_client, production_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "mosquitto"
-PASSWORDS = {"cityops-gateway": "gw-pass-0123456789", "res-1": "res1-pass-0123456789", "res-2": "res2-pass-0123456789"}
+PASSWORDS = {
+    "cityops-gateway": "gw-pass-0123456789",
+    "res-1": "res1-pass-0123456789",
+    "res-2": "res2-pass-0123456789",
+}
 
 
 @dataclass
@@ -220,3 +226,39 @@ async def test_sensors_publish_over_tls_with_the_private_ca(broker: Broker, cent
         check=False,
     )
     assert untrusted.returncode != 0
+
+
+async def test_a_flood_read_over_tls_arrives_whole_and_promptly(broker: Broker, center: Center) -> None:
+    # TLS decrypts ahead: after a burst of reads, records may wait in the SSL layer with nothing
+    # left on the socket to wake the reader. Every reading must still arrive without new traffic.
+    # Small messages (about 55 bytes with their topic) so that one 16 KiB TLS record holds more
+    # of them than the reader takes in one burst.
+    await center.register({**GAUGE, "kind": "gas", "attributes": {}})
+    start = int(time.time() * 1000) - 600_000
+    sensor = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="res-1", protocol=mqtt.MQTTv311)
+    sensor.username_pw_set("res-1", PASSWORDS["res-1"])
+    sensor.max_inflight_messages_set(1000)
+    sensor.connect("127.0.0.1", broker.server.port)
+    sensor.loop_start()
+    try:
+        await eventually(lambda: _true(sensor.is_connected()))
+        infos = [
+            sensor.publish("city/sensors/gas/res-1", f'{{"ts":{start + i},"value":1}}', qos=1) for i in range(3000)
+        ]
+        for info in infos:
+            await asyncio.to_thread(info.wait_for_publish, 30)
+    finally:
+        sensor.disconnect()
+        sensor.loop_stop()
+
+    async def arrived() -> int:
+        return len(await readings(center, "res-1"))
+
+    deadline = time.monotonic() + 15
+    while await arrived() < 3000 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert await arrived() == 3000
+
+
+async def _true(value: bool) -> bool:
+    return value
