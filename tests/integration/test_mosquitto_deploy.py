@@ -251,13 +251,10 @@ async def test_a_flood_read_over_tls_arrives_whole_and_promptly(broker: Broker, 
         sensor.disconnect()
         sensor.loop_stop()
 
-    async def arrived() -> int:
-        return len(await readings(center, "res-1"))
+    async def all_arrived() -> bool:
+        return len(await readings(center, "res-1")) == 3000
 
-    deadline = time.monotonic() + 15
-    while await arrived() < 3000 and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert await arrived() == 3000
+    await eventually(all_arrived, timeout_s=15)
 
 
 async def _true(value: bool) -> bool:
