@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from iot_gateway.domain.validation import REASONS
+from iot_gateway.gateway import STORE_REJECTED
 from kernel.errors import StoreError
 from kernel.redact import redact_text
 
@@ -50,7 +51,7 @@ async def health_report(runtime: Runtime) -> dict[str, Any]:
         {
             "status": "degraded" if degraded else "ok",
             "components": components,
-            "dead_letters": {reason: counts.get(reason, 0) for reason in (*REASONS, "store_rejected")},
+            "dead_letters": {reason: counts.get(reason, 0) for reason in (*REASONS, STORE_REJECTED)},
         }
     )
     return report

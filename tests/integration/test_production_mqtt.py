@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 from command_center.runtime import start_runtime, stop_runtime
+from iot_gateway.adapters.mqtt_paho import MqttTarget
 from kernel.clock import SystemClock
+from kernel.settings import Settings
 from tests import servers
 from tests.helpers import GAUGE, Publisher, eventually
 
@@ -22,15 +24,21 @@ async def _readings(runtime_app: httpx.AsyncClient) -> list[float]:
     return [r["value"] for r in answer.json()]
 
 
-async def test_readings_published_while_the_gateway_restarts_are_not_lost(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-restart")
+async def register_then_go_away(settings: Settings) -> MqttTarget:
+    """Start a gateway, register the gauge, stop it: the broker keeps its session while it is away."""
     first = await start_runtime(settings, SystemClock())
     async with api_client(first) as api:
         assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
     target = first.mqtt_target()
     await stop_runtime(first)
+    return target
+
+
+async def test_readings_published_while_the_gateway_restarts_are_not_lost(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-restart")
+    target = await register_then_go_away(settings)
 
     sensor = Publisher(target.host, target.port)
     start = int(time.time() * 1000) - 60_000
@@ -160,11 +168,7 @@ async def test_a_full_queue_pauses_reading_and_loses_nothing(request: pytest.Fix
     # when the gateway comes back (a trickle could be written as fast as it comes, never filling
     # the queue), so the reader must pause, and nothing may be dropped.
     settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-backpressure", ingest_pending_max=100)
-    first = await start_runtime(settings, SystemClock())
-    async with api_client(first) as api:
-        assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
-    target = first.mqtt_target()
-    await stop_runtime(first)
+    target = await register_then_go_away(settings)
     sensor = Publisher(target.host, target.port)
     start = int(time.time() * 1000) - 3_600_000
     for i in range(2999):
