@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 SensorKind = Literal["water_level", "smoke", "gas"]
 DeviceKind = Literal["water_level", "smoke", "gas", "vehicle"]
@@ -25,8 +25,9 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One accepted sensor reading."""
+    """One accepted sensor reading (an event on topic `reading`)."""
 
+    TOPIC: ClassVar[str] = "reading"
     device_id: str
     kind: SensorKind
     ts_ms: int
@@ -38,11 +39,16 @@ class Reading:
     def unit(self) -> str:
         return UNITS[self.kind]
 
+    @property
+    def key(self) -> str:
+        return self.device_id
+
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """One accepted vehicle GPS fix (WGS-84)."""
+    """One accepted vehicle GPS fix, WGS-84 (an event on topic `position`)."""
 
+    TOPIC: ClassVar[str] = "position"
     device_id: str
     ts_ms: int
     lat: float
@@ -51,17 +57,26 @@ class Position:
     heading_deg: float | None = None
     kind: Literal["vehicle"] = "vehicle"
 
+    @property
+    def key(self) -> str:
+        return self.device_id
+
 
 Sample = Reading | Position
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceStatus:
-    """A device said it is online or offline (or its last will said so)."""
+    """A device said it is online or offline, or its last will did (an event on topic `device.status`)."""
 
+    TOPIC: ClassVar[str] = "device.status"
     device_id: str
     status: Literal["online", "offline"]
     at_ms: int
+
+    @property
+    def key(self) -> str:
+        return self.device_id
 
 
 @dataclass(frozen=True, slots=True)

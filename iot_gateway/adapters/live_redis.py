@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from kernel.errors import StoreError
 from kernel.model import DeviceStatus, Sample, sample_from_dict, sample_to_dict
 from kernel.ports import LiveEntry
+from kernel.redis_client import redis_client
 
 # Compare-and-set in one round trip, so two gateway processes cannot put an older sample back.
 # ARGV: time field, value field, tie wins ('1' or '0'), then a (time, value) pair per key.
@@ -37,7 +38,7 @@ class RedisLive:
     """Live state kept in Redis under `{prefix}{device_id}`."""
 
     def __init__(self, url: str, prefix: str = "cityops:live:") -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
+        self._redis: aioredis.Redis = redis_client(url, decode_responses=True)
         self._prefix = prefix
         self._script: Any = self._redis.register_script(_SET_IF_NEWER)
 
