@@ -14,6 +14,7 @@ memory live state and SQLite; the bare subscriber and the gateway drain the same
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
+from command_center.schema import migrate
 from iot_gateway.adapters.records_sql import SqlDevices
 from kernel.db import database_url, make_engine
 from kernel.model import Device, DeviceKind
@@ -51,10 +53,10 @@ def register_devices(url: str | None, data_dir: Path, count: int) -> list[Device
         attributes: dict[str, Any] = {"warning_level_m": 25.0, "danger_level_m": 27.0} if kind == "water_level" else {}
         devices.append(Device(f"{kind}-{i:06d}", kind, f"bench {i}", 20.0 + i * 1e-6, 110.3, None, attributes))
     engine = make_engine(database_url(url, data_dir))
+    migrate(engine)
     store = SqlDevices(engine)
-    store.create_schema()
     for start in range(0, count, 10_000):
-        store.add_many(devices[start : start + 10_000])
+        asyncio.run(store.add_many(devices[start : start + 10_000]))
     engine.dispose()
     return devices
 

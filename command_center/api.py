@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from iot_gateway.domain.devices import device_problems
 from iot_gateway.domain.kinds import expected_interval_s, is_stale
 from kernel.clock import parse_time, to_iso
 from kernel.errors import DuplicateError, StoreError
+from kernel.events import DeviceChanged
 from kernel.model import Device, Sample, sample_to_dict
 from kernel.redact import redact_text
 
@@ -78,7 +78,7 @@ def build_app(runtime: Runtime) -> FastAPI:
     async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        found = await asyncio.to_thread(runtime.tokens.lookup, authorization[7:].strip(), clock.now_ms())
+        found = await runtime.tokens.lookup(authorization[7:].strip(), clock.now_ms())
         if found is None:
             raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
         return found
@@ -111,10 +111,8 @@ def build_app(runtime: Runtime) -> FastAPI:
     async def issue_token(body: TokenRequest) -> dict[str, Any]:
         now = clock.now_ms()
         expires = None if body.expires_in_s is None else now + int(body.expires_in_s * 1000)
-        token_id, token = await asyncio.to_thread(
-            lambda: runtime.tokens.issue(
-                body.name, body.role, now, department_id=body.department_id, expires_at_ms=expires
-            )
+        token_id, token = await runtime.tokens.issue(
+            body.name, body.role, now, department_id=body.department_id, expires_at_ms=expires
         )
         return {
             "id": token_id,
@@ -127,7 +125,7 @@ def build_app(runtime: Runtime) -> FastAPI:
 
     @api.get("/tokens", dependencies=[admin_only])
     async def list_tokens() -> list[dict[str, Any]]:
-        infos = await asyncio.to_thread(runtime.tokens.list)
+        infos = await runtime.tokens.list()
         return [
             {
                 "id": t.id,
@@ -143,24 +141,57 @@ def build_app(runtime: Runtime) -> FastAPI:
 
     @api.delete("/tokens/{token_id}", status_code=204, dependencies=[admin_only])
     async def revoke_token(token_id: str) -> Response:
-        if not await asyncio.to_thread(runtime.tokens.revoke, token_id, clock.now_ms()):
+        if not await runtime.tokens.revoke(token_id, clock.now_ms()):
             raise HTTPException(404, f"no token {token_id!r}")
         return Response(status_code=204)
 
-    @api.post("/devices", status_code=201, dependencies=[device_writer])
-    async def register_device(spec: DeviceSpec) -> dict[str, Any]:
+    def _checked(spec: DeviceSpec) -> Device:
         problems = device_problems(spec.kind, spec.attributes)
         if problems:
             raise RequestValidationError(
                 [{"loc": ("body", "attributes", *loc), "msg": msg, "type": "value_error"} for loc, msg in problems]
             )
-        device = spec.to_device()
+        return spec.to_device()
+
+    async def _announce(change: DeviceChanged) -> None:
+        """Tell every process (gateways elsewhere included) at once; their periodic reload is the safety net."""
+        if runtime.gateway is not None:
+            runtime.gateway.note_change(change)  # this process's own gateway, without waiting for the bus
         try:
-            await asyncio.to_thread(runtime.devices.add, device)
+            await runtime.bus.publish(change)
+        except StoreError:
+            log.warning(
+                "device %s %s, but the bus is down: other gateways learn it at their next reload",
+                change.device_id,
+                change.change,
+            )
+
+    @api.post("/devices", status_code=201, dependencies=[device_writer])
+    async def register_device(spec: DeviceSpec) -> dict[str, Any]:
+        device = _checked(spec)
+        try:
+            await runtime.devices.add(device)
         except DuplicateError as exc:
             raise HTTPException(409, str(exc)) from exc
-        runtime.gateway.note_device(device)
+        await _announce(DeviceChanged(device.id, "registered", clock.now_ms(), device))
         return _device_json(device)
+
+    @api.put("/devices/{device_id}", dependencies=[device_writer])
+    async def change_device(device_id: str, spec: DeviceSpec) -> dict[str, Any]:
+        if spec.id != device_id:
+            raise _bad(("body", "id"), f"the body's id {spec.id!r} is not the path's {device_id!r}")
+        await _device_or_404(device_id)
+        device = _checked(spec)
+        await runtime.devices.upsert(device)
+        await _announce(DeviceChanged(device.id, "changed", clock.now_ms(), device))
+        return _device_json(device)
+
+    @api.delete("/devices/{device_id}", status_code=204, dependencies=[device_writer])
+    async def remove_device(device_id: str) -> Response:
+        if not await runtime.devices.remove(device_id):
+            raise HTTPException(404, f"no device {device_id!r}")
+        await _announce(DeviceChanged(device_id, "removed", clock.now_ms()))
+        return Response(status_code=204)
 
     @api.get("/devices", dependencies=[anyone])
     async def list_devices(
@@ -168,11 +199,11 @@ def build_app(runtime: Runtime) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> list[dict[str, Any]]:
-        found = await asyncio.to_thread(runtime.devices.list, kind, limit, offset)
+        found = await runtime.devices.list(kind, limit, offset)
         return [_device_json(d) for d in found]
 
     async def _device_or_404(device_id: str) -> Device:
-        device = await asyncio.to_thread(runtime.devices.get, device_id)
+        device = await runtime.devices.get(device_id)
         if device is None:
             raise HTTPException(404, f"no device {device_id!r}")
         return device
@@ -213,7 +244,7 @@ def build_app(runtime: Runtime) -> FastAPI:
     async def dead_letters(
         reason: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> list[dict[str, Any]]:
-        letters = await asyncio.to_thread(runtime.dead_letters.recent, limit, reason)
+        letters = await runtime.dead_letters.recent(limit, reason)
         return [
             {
                 "topic": d.topic,
@@ -229,7 +260,7 @@ def build_app(runtime: Runtime) -> FastAPI:
 
     @api.post("/demo/scenarios/{name}", dependencies=[device_writer])
     async def trigger_scenario(name: str) -> dict[str, Any]:
-        simulator = runtime.extras.get("simulator")
+        simulator = runtime.simulator
         if simulator is None:
             raise HTTPException(404, "the demo simulator is not running (start with --demo)")
         try:

@@ -7,6 +7,8 @@ within CACHE_TTL_S in every other process (each caches what it looked up for tha
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import hashlib
 import os
 import secrets
@@ -15,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, select, update
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, UniqueConstraint, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from kernel.db import create_schema, dialect_insert
+from kernel.db import dialect_insert
 from kernel.errors import ConfigError, StoreError
 
 Role = Literal["admin", "operator", "leader", "agent", "handler", "viewer"]
@@ -34,13 +36,14 @@ api_tokens = Table(
     "api_tokens",
     metadata,
     Column("digest", String(64), primary_key=True),
-    Column("id", String(32), nullable=False, unique=True),
+    Column("id", String(32), nullable=False),
     Column("name", String(100), nullable=False),
     Column("role", String(16), nullable=False),
     Column("department_id", String(64), nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("expires_at_ms", BigInteger, nullable=True),
     Column("revoked_at_ms", BigInteger, nullable=True),
+    UniqueConstraint("id", name="uq_api_tokens_id"),
 )
 
 
@@ -101,8 +104,44 @@ class TokenStore:
         # digest -> (principal or None, expires_at_ms or None, cached until (monotonic s))
         self._cache: dict[str, tuple[Principal, int | None, float]] = {}
 
-    def create_schema(self) -> None:
-        create_schema(self._engine, metadata)
+    # The async face: callers on the event loop; the database work runs in a thread.
+
+    async def issue(
+        self,
+        name: str,
+        role: Role,
+        now_ms: int,
+        *,
+        department_id: str | None = None,
+        expires_at_ms: int | None = None,
+    ) -> tuple[str, str]:
+        """A new random token for `role`: (its id, the token itself, shown only this once)."""
+        return await asyncio.to_thread(self._issue, name, role, now_ms, department_id, expires_at_ms)
+
+    async def lookup(self, token: str, now_ms: int) -> Principal | None:
+        """Who holds this token, or None if it is unknown, revoked or expired."""
+        cached = self._cached(digest(token), now_ms)
+        if cached is not None:
+            return cached[0]
+        return await asyncio.to_thread(self._lookup, token, now_ms)
+
+    async def list(self) -> list[TokenInfo]:
+        return await asyncio.to_thread(self._list)
+
+    async def revoke(self, token_id: str, now_ms: int) -> bool:
+        """Revoke a token by its id; False if there is no such token."""
+        return await asyncio.to_thread(self._revoke, token_id, now_ms)
+
+    async def ensure_admin(self, token_file: Path, configured: str | None, now_ms: int) -> str:
+        """The admin token: the configured one, else the one in `token_file`, else a new one written there.
+
+        An empty or too short token (in the setting or the file) is refused with a clear error,
+        never registered. A revoked admin token in the file is replaced by a new one; a revoked
+        configured one is an error (its owner must set another).
+        """
+        return await asyncio.to_thread(self._ensure_admin, token_file, configured, now_ms)
+
+    # Blocking implementations.
 
     def _store(
         self,
@@ -129,16 +168,9 @@ class TokenStore:
             found = conn.execute(select(api_tokens.c.id).where(api_tokens.c.digest == digest(token))).scalar_one()
         return str(found)
 
-    def issue(
-        self,
-        name: str,
-        role: Role,
-        now_ms: int,
-        *,
-        department_id: str | None = None,
-        expires_at_ms: int | None = None,
+    def _issue(
+        self, name: str, role: Role, now_ms: int, department_id: str | None, expires_at_ms: int | None
     ) -> tuple[str, str]:
-        """A new random token for `role`: (its id, the token itself, shown only this once)."""
         token = secrets.token_urlsafe(32)
         try:
             token_id = self._store(token, name, role, now_ms, department_id, expires_at_ms)
@@ -146,13 +178,16 @@ class TokenStore:
             raise StoreError(f"cannot store token: {exc}") from exc
         return token_id, token
 
-    def lookup(self, token: str, now_ms: int) -> Principal | None:
-        """Who holds this token, or None if it is unknown, revoked or expired."""
-        key = digest(token)
+    def _cached(self, key: str, now_ms: int) -> tuple[Principal | None] | None:
+        """(the answer) when the cache knows it, else None."""
         cached = self._cache.get(key)
-        if cached is not None and cached[2] > time.monotonic():
-            principal, expires_at_ms, _ = cached
-            return None if expires_at_ms is not None and expires_at_ms <= now_ms else principal
+        if cached is None or cached[2] <= time.monotonic():
+            return None
+        principal, expires_at_ms, _ = cached
+        return (None if expires_at_ms is not None and expires_at_ms <= now_ms else principal,)
+
+    def _lookup(self, token: str, now_ms: int) -> Principal | None:
+        key = digest(token)
         try:
             with self._engine.connect() as conn:
                 row = conn.execute(select(api_tokens).where(api_tokens.c.digest == key)).first()
@@ -167,7 +202,7 @@ class TokenStore:
             return None
         return principal
 
-    def list(self) -> list[TokenInfo]:
+    def _list(self) -> builtins.list[TokenInfo]:
         try:
             with self._engine.connect() as conn:
                 rows = conn.execute(select(api_tokens).order_by(api_tokens.c.created_at_ms, api_tokens.c.id))
@@ -175,8 +210,7 @@ class TokenStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot list tokens: {exc}") from exc
 
-    def revoke(self, token_id: str, now_ms: int) -> bool:
-        """Revoke a token by its id; False if there is no such token."""
+    def _revoke(self, token_id: str, now_ms: int) -> bool:
         try:
             with self._engine.begin() as conn:
                 found = conn.execute(select(api_tokens.c.digest).where(api_tokens.c.id == token_id)).scalar()
@@ -192,13 +226,7 @@ class TokenStore:
         self._cache.pop(found, None)
         return True
 
-    def ensure_admin(self, token_file: Path, configured: str | None, now_ms: int) -> str:
-        """The admin token: the configured one, else the one in `token_file`, else a new one written there.
-
-        An empty or too short token (in the setting or the file) is refused with a clear error,
-        never registered. A revoked admin token in the file is replaced by a new one; a revoked
-        configured one is an error (its owner must set another).
-        """
+    def _ensure_admin(self, token_file: Path, configured: str | None, now_ms: int) -> str:
         if configured is not None:
             token = check_token_text(configured, "the configured admin token (CITYOPS_ADMIN_TOKEN)")
         elif token_file.exists():

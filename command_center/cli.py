@@ -1,10 +1,11 @@
-"""The `cityops` command: run, gateway, simulate."""
+"""The `cityops` command: run, migrate, gateway, api, events, health, simulate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import signal
 import sys
@@ -15,12 +16,13 @@ from typing import Any
 import uvicorn
 
 from kernel.clock import SystemClock
-from kernel.errors import CityOpsError
+from kernel.errors import CityOpsError, ConfigError
+from kernel.events import TOPICS, to_json_dict
 from kernel.redact import install_log_redaction, redact_text
 from kernel.settings import Settings, load_settings
 
 from .city import demo_city_path, load_city
-from .runtime import mqtt_target, start_runtime, stop_runtime
+from .runtime import make_bus, mqtt_target, start_runtime, stop_runtime
 from .simulator import SCENARIOS, CitySimulation, SimulatorThread
 
 log = logging.getLogger("cityops")
@@ -51,6 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument(
         "--health-port", type=int, default=None, help="serve GET /api/health on this port (for docker-compose)"
     )
+
+    mig = sub.add_parser("migrate", help="bring the records database's schema up to date (run once, before the others)")
+    mig.add_argument("--config", type=Path)
+    mig.add_argument("--data-dir", type=Path)
+
+    ev = sub.add_parser(
+        "events",
+        help="consume bus events as a member of a consumer group and print them as JSON lines (needs Redis)",
+    )
+    ev.add_argument("--config", type=Path)
+    ev.add_argument("--data-dir", type=Path)
+    ev.add_argument("--group", required=True, help="consumer group: its members share the events")
+    ev.add_argument("--name", required=True, help="this consumer's name in the group (keep it across restarts)")
+    ev.add_argument("--topic", action="append", choices=TOPICS, required=True, help="repeat for several")
+    ev.add_argument("--claim-idle-s", type=float, help="take over a dead member's events after this long")
+    ev.add_argument("--slow-ms", type=float, default=0.0, help="pause per entry (to watch a slow consumer)")
 
     health = sub.add_parser("health", help="exit 0 when a cityops process's health is ok, 1 otherwise")
     health.add_argument("--url", default="http://127.0.0.1:8000/api/health")
@@ -86,13 +104,13 @@ def _settle_memory() -> None:
 
 
 async def _serve(settings: Settings, *, ingest: bool = True) -> None:
-    runtime = await start_runtime(settings, SystemClock(), ingest=ingest)
+    # `run` is the all-in-one: it brings its own database's schema up to date; `api` is one
+    # production process among several and needs `cityops migrate` to have run.
+    runtime = await start_runtime(settings, SystemClock(), ingest=ingest, migrate_schema=ingest)
     _settle_memory()
-    simulator: SimulatorThread | None = None
     if settings.demo and runtime.city is not None and ingest:
-        simulator = SimulatorThread(CitySimulation(runtime.city), runtime.mqtt_target(), settings.simulate_rate)
-        simulator.start()
-        runtime.extras["simulator"] = simulator
+        runtime.simulator = SimulatorThread(CitySimulation(runtime.city), runtime.mqtt_target(), settings.simulate_rate)
+        runtime.simulator.start()
     from .api import build_app  # the API pulls in FastAPI; only `run` needs it
 
     app = build_app(runtime)
@@ -107,8 +125,8 @@ async def _serve(settings: Settings, *, ingest: bool = True) -> None:
     try:
         await server.serve()
     finally:
-        if simulator is not None:
-            await asyncio.to_thread(simulator.stop)
+        if runtime.simulator is not None:
+            await asyncio.to_thread(runtime.simulator.stop)
         await stop_runtime(runtime)
         log.info("stopped cleanly")
 
@@ -138,7 +156,52 @@ async def _gateway_only(settings: Settings, health_port: int | None) -> None:
             await server.serve()
     finally:
         await stop_runtime(runtime)
-        log.info("gateway stopped cleanly: %s", runtime.gateway.stats())
+        if runtime.gateway is not None:
+            log.info("gateway stopped cleanly: %s", runtime.gateway.stats())
+
+
+async def _events(settings: Settings, args: argparse.Namespace) -> None:
+    """Print each event once processed, then acknowledge it: at-least-once, as any consumer."""
+    if not settings.redis_url:
+        raise ConfigError("`cityops events` reads the Redis bus: set CITYOPS_REDIS_URL")
+    bus = make_bus(settings)
+    consumer = bus.consumer(args.group, args.name, args.topic, claim_idle_s=args.claim_idle_s)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    out = sys.stdout
+    try:
+        while not stop.is_set():
+            for item in await consumer.read(count=10, block_s=0.5):
+                for event in item.events:
+                    line = {"topic": item.topic, "entry": item.id, "redelivered": item.redelivered}
+                    out.write(json.dumps({**line, "event": to_json_dict(event)}, ensure_ascii=False) + "\n")
+                out.flush()
+                if args.slow_ms:
+                    await asyncio.sleep(args.slow_ms / 1000)
+                await consumer.ack([item])
+    finally:
+        await consumer.close()
+        await bus.close()
+
+
+def _migrate(settings: Settings) -> int:
+    from kernel.db import database_url, make_engine
+
+    from .schema import migrate
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(database_url(settings.database_url, settings.data_dir))
+    try:
+        before, after = migrate(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        print(f"schema already at {after}")
+    else:
+        print(f"schema at {after} (was {before or 'empty'})")
+    return 0
 
 
 def _health(url: str, timeout_s: float) -> int:
@@ -198,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             http_port=getattr(args, "http_port", None),
             mqtt_port=getattr(args, "mqtt_port", None),
         )
+        if args.command == "events":
+            asyncio.run(_events(settings, args))
+            return 0
+        if args.command == "migrate":
+            return _migrate(settings)
         if args.command == "gateway":
             asyncio.run(_gateway_only(settings, args.health_port))
         else:

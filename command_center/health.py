@@ -35,18 +35,25 @@ async def health_report(runtime: Runtime) -> dict[str, Any]:
     except StoreError as exc:
         components["live_state"] = {"state": "down", "error": str(exc)}
         degraded = True
+    try:
+        await runtime.bus.ping()
+        components["bus"] = {"state": "up", "kind": type(runtime.bus).__name__, "topics": await runtime.bus.stats()}
+    except StoreError as exc:
+        components["bus"] = {"state": "down", "error": str(exc)}
+        degraded = True
     series = runtime.series.stats()
     components["time_series"] = series
     degraded |= series.get("state") == "down"
     try:
         await asyncio.to_thread(runtime.records_ok)
-        counts = await asyncio.to_thread(runtime.dead_letters.counts)
+        counts = await runtime.dead_letters.counts()
         components["records"] = {"state": "up"}
     except Exception as exc:  # noqa: BLE001 - any failure here is "records down", reported, not raised
         components["records"] = {"state": "down", "error": f"{type(exc).__name__}: {exc}"[:500]}
-        counts = dict(runtime.gateway.dead_counts)
+        counts = dict(runtime.gateway.dead_counts) if runtime.gateway is not None else {}
         degraded = True
-    components["gateway"] = runtime.gateway.stats()
+    if runtime.gateway is not None:
+        components["gateway"] = runtime.gateway.stats()
     report: dict[str, Any] = _redacted(
         {
             "status": "degraded" if degraded else "ok",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -18,6 +17,7 @@ from iot_gateway.adapters.series_influx import InfluxSeries
 from iot_gateway.adapters.series_sqlite import SqliteSeries
 from iot_gateway.gateway import Gateway, GatewayOptions
 from kernel.bus import MemoryBus
+from kernel.bus_redis import RedisBus
 from kernel.clock import Clock
 from kernel.db import database_url, make_engine
 from kernel.ports import Bus, LiveState, TimeSeries
@@ -25,6 +25,8 @@ from kernel.settings import Settings
 
 from .auth import TokenStore
 from .city import City, demo_city_path, load_city
+from .schema import migrate, require_current
+from .simulator import SimulatorThread
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,18 @@ def make_live(settings: Settings) -> LiveState:
     return RedisLive(settings.redis_url) if settings.redis_url else MemoryLive()
 
 
+def make_bus(settings: Settings) -> Bus:
+    """Redis when configured (processes may be split), else in-process."""
+    if settings.redis_url:
+        return RedisBus(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            stream_max_entries=settings.bus_stream_max_entries,
+            claim_idle_s=settings.bus_claim_idle_s,
+        )
+    return MemoryBus(stream_max_entries=settings.bus_stream_max_entries, claim_idle_s=settings.bus_claim_idle_s)
+
+
 def make_series(settings: Settings) -> TimeSeries:
     if settings.influx_url:
         return InfluxSeries(settings.influx_url, settings.influx_database, batch_size=settings.influx_batch_size)
@@ -49,7 +63,7 @@ def make_series(settings: Settings) -> TimeSeries:
 
 @dataclass
 class Runtime:
-    """Every long-lived part of one cityops process."""
+    """Every long-lived part of one cityops process; the parts a process does not run are None."""
 
     settings: Settings
     clock: Clock
@@ -60,12 +74,19 @@ class Runtime:
     bus: Bus
     live: LiveState
     series: TimeSeries
-    gateway: Gateway
+    admin_token: str
     city: City | None = None
+    gateway: Gateway | None = None
     broker: EmbeddedBroker | None = None
     ingress: PahoIngress | None = None
-    admin_token: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
+    simulator: SimulatorThread | None = None
+    roles: tuple[str, ...] = field(default=())
+
+    def running_gateway(self) -> Gateway:
+        """The gateway of a process that ingests (an error in one that does not)."""
+        if self.gateway is None:
+            raise RuntimeError("this cityops process runs no gateway")
+        return self.gateway
 
     def mqtt_target(self) -> MqttTarget:
         port = self.broker.port if self.broker else self.settings.mqtt_port
@@ -84,31 +105,15 @@ def _city(settings: Settings) -> City | None:
     return None
 
 
-async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True) -> Runtime:
-    """Open stores, load the city, start the broker (embedded) and the gateway."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(database_url(settings.database_url, settings.data_dir))
-    devices, dead, tokens = SqlDevices(engine), SqlDeadLetters(engine), TokenStore(engine)
-    for store in (devices, dead, tokens):
-        await asyncio.to_thread(store.create_schema)
-    # `is not None`: an empty SecretStr is falsy, and an empty token must be refused, not ignored.
-    admin_secret = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
-    admin = await asyncio.to_thread(
-        tokens.ensure_admin, settings.data_dir / "admin.token", admin_secret, clock.now_ms()
-    )
-    city = _city(settings)
-    if city is not None:
-        await asyncio.to_thread(devices.upsert_many, city.all_devices())
-    bus = MemoryBus()
-    live = make_live(settings)
-    series = make_series(settings)
-    gateway = Gateway(
-        devices=devices,
-        dead_letters=dead,
-        live=live,
-        series=series,
-        bus=bus,
-        clock=clock,
+def _gateway(runtime: Runtime) -> Gateway:
+    settings = runtime.settings
+    return Gateway(
+        devices=runtime.devices,
+        dead_letters=runtime.dead_letters,
+        live=runtime.live,
+        series=runtime.series,
+        bus=runtime.bus,
+        clock=runtime.clock,
         options=GatewayOptions(
             batch_max=settings.ingest_batch_max,
             flush_interval_s=settings.ingest_flush_interval_s,
@@ -119,10 +124,47 @@ async def start_runtime(settings: Settings, clock: Clock, *, ingest: bool = True
             dead_letter_max_age_s=settings.dead_letter_max_age_days * 86_400,
         ),
     )
-    runtime = Runtime(settings, clock, engine, devices, dead, tokens, bus, live, series, gateway, city)
-    runtime.admin_token = admin
+
+
+async def start_runtime(
+    settings: Settings, clock: Clock, *, ingest: bool = True, migrate_schema: bool = False
+) -> Runtime:
+    """Open stores, load the city, start the broker (embedded) and the gateway.
+
+    `migrate_schema`: bring the records schema up to date first (`cityops run`); otherwise the
+    database must be current already (`cityops migrate` ran), or this refuses to start.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(database_url(settings.database_url, settings.data_dir))
+    if migrate_schema:
+        await asyncio.to_thread(migrate, engine)
+    else:
+        await asyncio.to_thread(require_current, engine)
+    devices, dead, tokens = SqlDevices(engine), SqlDeadLetters(engine), TokenStore(engine)
+    # `is not None`: an empty SecretStr is falsy, and an empty token must be refused, not ignored.
+    admin_secret = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
+    admin = await tokens.ensure_admin(settings.data_dir / "admin.token", admin_secret, clock.now_ms())
+    city = _city(settings)
+    if city is not None:
+        await devices.upsert_many(city.all_devices())
+    runtime = Runtime(
+        settings,
+        clock,
+        engine,
+        devices,
+        dead,
+        tokens,
+        make_bus(settings),
+        make_live(settings),
+        make_series(settings),
+        admin,
+        city,
+    )
     if not ingest:
+        runtime.roles = ("api",)
         return runtime
+    runtime.roles = ("gateway",)
+    runtime.gateway = gateway = _gateway(runtime)
     if settings.embedded_broker:
         runtime.broker = EmbeddedBroker("127.0.0.1", settings.mqtt_port)
         await runtime.broker.start()
@@ -148,7 +190,8 @@ async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -
     then disconnect; the stores close last."""
     if runtime.ingress is not None:
         runtime.ingress.stop_reading()
-    await runtime.gateway.stop(write_timeout_s or runtime.settings.shutdown_write_timeout_s)
+    if runtime.gateway is not None:
+        await runtime.gateway.stop(write_timeout_s or runtime.settings.shutdown_write_timeout_s)
     if runtime.ingress is not None:
         await runtime.ingress.stop()
     if runtime.broker is not None:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernel.clock import Clock
-from kernel.model import DeadLetter, Device, DeviceKind, DeviceStatus, Sample
+from kernel.events import DEVICE_CHANGED, DeviceChanged
+from kernel.model import DeadLetter, DeviceKind, DeviceStatus, Sample
 from kernel.ports import Bus, DeadLetterStore, DeviceRegistry, LiveState, TimeSeries
 
 from .domain.kinds import DEAD_LETTER_PAYLOAD_BYTES
@@ -31,8 +32,6 @@ from .domain.validation import check_message
 
 log = logging.getLogger(__name__)
 
-READING_TOPIC = "reading"
-STATUS_TOPIC = "device_status"
 DEDUP_WINDOW = 200_000
 # Why a reading the time series refused is a dead letter.
 STORE_REJECTED = "store_rejected"
@@ -115,6 +114,7 @@ class Gateway:
         self._dead: deque[tuple[DeadLetter, Delivery | None]] = deque()
         # Recently seen (device, ts): a redelivered reading is stored once and published once.
         self._seen: dict[tuple[str, int], None] = {}
+        self._changes_during_reload: list[DeviceChanged] | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -128,15 +128,16 @@ class Gateway:
 
     async def start(self) -> None:
         """Load the registry and start the writers; then feed them with `handle`."""
-        self._kinds = await asyncio.to_thread(self._devices.kinds)
+        self._kinds = await self._devices.kinds()
         with contextlib.suppress(Exception):  # counts are for display; a records outage must not stop start-up
-            self.dead_counts.update(await asyncio.to_thread(self._dead_store.counts))
+            self.dead_counts.update(await self._dead_store.counts())
         self._stopping = False
         self._tasks = [
             asyncio.create_task(self._run("samples", self._write_samples, lambda: bool(self._pending or self._batch))),
             asyncio.create_task(self._run("statuses", self._write_statuses, lambda: bool(self._statuses))),
             asyncio.create_task(self._run("dead_letters", self._write_dead_letters, lambda: bool(self._dead))),
             asyncio.create_task(self._refresh_registry(), name="gateway-registry"),
+            asyncio.create_task(self._follow_registry(), name="gateway-registry-changes"),
         ]
         log.info("gateway started with %d registered devices", len(self._kinds))
 
@@ -177,18 +178,50 @@ class Gateway:
         deliveries = [d for *_, d in entries] + [d for _, d in self._statuses] + [d for _, d in self._dead if d]
         return len(deliveries), sum(1 for d in deliveries if d.ack is None)
 
-    def note_device(self, device: Device) -> None:
-        """A device was registered in this process: accept its readings from now on."""
-        self._kinds[device.id] = device.kind
+    def note_change(self, change: DeviceChanged) -> None:
+        """A device was registered, changed or removed: check messages against that from now on."""
+        self._apply_change(change)
+
+    def _apply_change(self, change: DeviceChanged) -> None:
+        if self._changes_during_reload is not None:
+            self._changes_during_reload.append(change)
+        if change.change == "removed" or change.device is None:
+            self._kinds.pop(change.device_id, None)
+        else:
+            self._kinds[change.device_id] = change.device.kind
+        self.counts["registry_changes"] += 1
+
+    async def _follow_registry(self) -> None:
+        """Registrations made by any process (the API) reach this gateway's cache at once.
+
+        The live fan-out keeps the latest change per device, which is all the cache needs;
+        the periodic reload stays as the safety net for a bus outage.
+        """
+        sub = self._bus.live([DEVICE_CHANGED])
+        try:
+            async for event in sub:
+                if isinstance(event, DeviceChanged):
+                    self._apply_change(event)
+        finally:
+            await sub.close()
 
     async def _refresh_registry(self) -> None:
         while True:
             await asyncio.sleep(self._opts.registry_refresh_s * random.uniform(0.9, 1.1))
+            # A change that arrives while the reload reads may be missing from what it read.
+            self._changes_during_reload = []
             try:
-                fresh = await asyncio.to_thread(self._devices.kinds)
+                fresh = await self._devices.kinds()
             except Exception:
                 log.exception("cannot reload the device registry; keeping the cached one")
                 continue
+            finally:
+                arrived, self._changes_during_reload = self._changes_during_reload, None
+            for change in arrived:
+                if change.change == "removed" or change.device is None:
+                    fresh.pop(change.device_id, None)
+                else:
+                    fresh[change.device_id] = change.device.kind
             # One assignment: a message is checked against the old dict or the new one, never half.
             self._kinds = fresh
 
@@ -302,9 +335,7 @@ class Gateway:
             batch.series_done = True
         if batch.fresh:
             await self._live.apply(batch.fresh)
-            publish = self._bus.publish
-            for sample in batch.fresh:
-                await publish(READING_TOPIC, sample)
+            await self._bus.publish_many(batch.fresh)
         self._batch = None
         self.counts["accepted"] += len(batch.fresh)
         for letter in batch.refused:
@@ -335,7 +366,7 @@ class Gateway:
         while self._statuses:
             status, delivery = self._statuses[0]
             await self._live.set_status(status)
-            await self._bus.publish(STATUS_TOPIC, status)
+            await self._bus.publish(status)
             self._statuses.popleft()
             self.counts["status"] += 1
             delivery.done()
@@ -343,7 +374,7 @@ class Gateway:
     async def _write_dead_letters(self) -> None:
         taken = list(itertools.islice(self._dead, 1000))
         letters = [letter for letter, _ in taken]
-        await asyncio.to_thread(self._dead_store.add_many, letters)
+        await self._dead_store.add_many(letters)
         for _ in taken:
             self._dead.popleft()
         for letter, delivery in taken:
@@ -363,7 +394,7 @@ class Gateway:
         self._last_prune_ms, self._since_prune = now, 0
         cutoff = now - int(self._opts.dead_letter_max_age_s * 1000)
         try:
-            gone = await asyncio.to_thread(self._dead_store.prune, self._opts.dead_letter_max_rows, cutoff)
+            gone = await self._dead_store.prune(self._opts.dead_letter_max_rows, cutoff)
         except Exception:
             log.exception("cannot prune dead letters; trying again later")
             return
@@ -378,6 +409,7 @@ class Gateway:
             "duplicates": self.counts["duplicate"],
             "rejected": self.counts["rejected"],
             "statuses": self.counts["status"],
+            "registry_changes": self.counts["registry_changes"],
             "queued": self.pending(),
             "unwritten_at_stop": self.counts["unwritten_at_stop"],
             "lost": self.counts["lost"],

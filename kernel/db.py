@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 
 
@@ -35,22 +35,6 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
-
-
-# Any constant shared by every cityops process: the key of the advisory lock for schema work.
-_SCHEMA_LOCK_KEY = 0x0C17_0125_345
-
-
-def create_schema(engine: Engine, metadata: MetaData) -> None:
-    """Create missing tables; safe when several processes start together on one PostgreSQL.
-
-    `create_all` checks, then creates: two processes can both see a table missing and one then
-    fails. On PostgreSQL a transaction-scoped advisory lock makes the schema work one at a time.
-    """
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-        metadata.create_all(conn)
 
 
 def dialect_insert(conn: Connection, table: Table) -> Any:

@@ -48,7 +48,15 @@ class Settings(BaseSettings):
     # CA bundle for mqtts:// with a private CA.
     mqtt_ca_file: Path | None = None
 
+    # With a Redis URL, live state and the event bus are in Redis: processes can be split.
     redis_url: str | None = None
+    # Bus work streams keep at most this many entries (of up to 200 events each) per topic; a
+    # consumer group further behind loses its oldest unread entries (health shows it).
+    bus_stream_max_entries: int = Field(default=10_000, ge=10)
+    # A consumer's unacknowledged events go to another consumer of its group after this long.
+    bus_claim_idle_s: float = Field(default=30.0, gt=0)
+    # Key prefix in Redis, so that several cities (or tests) can share one server.
+    redis_prefix: str = "cityops:"
     influx_url: str | None = None
     influx_database: str = "cityops"
     database_url: str | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from kernel.db import create_schema, dialect_insert
+from kernel.db import dialect_insert
 from kernel.errors import DuplicateError, StoreError
 from kernel.model import DeadLetter, Device, DeviceKind
 
@@ -82,10 +84,38 @@ class SqlDevices:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def create_schema(self) -> None:
-        create_schema(self._engine, metadata)
+    # The async face of the port: each call runs its blocking SQLAlchemy work in a thread.
 
-    def add(self, device: Device) -> None:
+    async def add(self, device: Device) -> None:
+        await asyncio.to_thread(self._add, device)
+
+    async def add_many(self, batch: Sequence[Device]) -> None:
+        await asyncio.to_thread(self._add_many, batch)
+
+    async def upsert(self, device: Device) -> None:
+        await asyncio.to_thread(self._upsert, device)
+
+    async def upsert_many(self, batch: Sequence[Device]) -> None:
+        await asyncio.to_thread(self._upsert_many, batch)
+
+    async def get(self, device_id: str) -> Device | None:
+        return await asyncio.to_thread(self._get, device_id)
+
+    async def list(self, kind: str | None = None, limit: int = 1000, offset: int = 0) -> list[Device]:
+        return await asyncio.to_thread(self._list, kind, limit, offset)
+
+    async def kinds(self) -> dict[str, DeviceKind]:
+        return await asyncio.to_thread(self._kinds)
+
+    async def count(self) -> int:
+        return await asyncio.to_thread(self._count)
+
+    async def remove(self, device_id: str) -> bool:
+        return await asyncio.to_thread(self._remove, device_id)
+
+    # Blocking implementations.
+
+    def _add(self, device: Device) -> None:
         try:
             with self._engine.begin() as conn:
                 conn.execute(insert(devices).values(**_values(device)))
@@ -94,7 +124,7 @@ class SqlDevices:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot register device {device.id!r}: {exc}") from exc
 
-    def add_many(self, batch: Sequence[Device]) -> None:
+    def _add_many(self, batch: Sequence[Device]) -> None:
         if not batch:
             return
         try:
@@ -105,10 +135,10 @@ class SqlDevices:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot register devices: {exc}") from exc
 
-    def upsert(self, device: Device) -> None:
-        self.upsert_many([device])
+    def _upsert(self, device: Device) -> None:
+        self._upsert_many([device])
 
-    def upsert_many(self, batch: Sequence[Device]) -> None:
+    def _upsert_many(self, batch: Sequence[Device]) -> None:
         """Create or change each device, all in one transaction (a city config at start-up).
 
         One INSERT ... ON CONFLICT DO UPDATE: several processes loading the same city config
@@ -127,7 +157,7 @@ class SqlDevices:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot save {len(batch)} devices: {exc}") from exc
 
-    def get(self, device_id: str) -> Device | None:
+    def _get(self, device_id: str) -> Device | None:
         try:
             with self._engine.connect() as conn:
                 row = conn.execute(select(devices).where(devices.c.id == device_id)).first()
@@ -135,7 +165,7 @@ class SqlDevices:
             raise StoreError(f"cannot read device {device_id!r}: {exc}") from exc
         return None if row is None else _device(row)
 
-    def list(self, kind: str | None = None, limit: int = 1000, offset: int = 0) -> list[Device]:
+    def _list(self, kind: str | None = None, limit: int = 1000, offset: int = 0) -> builtins.list[Device]:
         query = select(devices).order_by(devices.c.id).limit(limit).offset(offset)
         if kind is not None:
             query = query.where(devices.c.kind == kind)
@@ -145,16 +175,26 @@ class SqlDevices:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot list devices: {exc}") from exc
 
-    def kinds(self) -> dict[str, DeviceKind]:
+    def _kinds(self) -> dict[str, DeviceKind]:
         try:
             with self._engine.connect() as conn:
                 return {row.id: row.kind for row in conn.execute(select(devices.c.id, devices.c.kind))}
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot load device kinds: {exc}") from exc
 
-    def count(self) -> int:
-        with self._engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(devices)).scalar_one())
+    def _count(self) -> int:
+        try:
+            with self._engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(devices)).scalar_one())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot count devices: {exc}") from exc
+
+    def _remove(self, device_id: str) -> bool:
+        try:
+            with self._engine.begin() as conn:
+                return bool(conn.execute(delete(devices).where(devices.c.id == device_id)).rowcount)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot remove device {device_id!r}: {exc}") from exc
 
 
 def _safe_text(text: str, limit: int) -> str:
@@ -168,10 +208,23 @@ class SqlDeadLetters:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def create_schema(self) -> None:
-        create_schema(self._engine, metadata)
+    # The async face of the port: each call runs its blocking SQLAlchemy work in a thread.
 
-    def add_many(self, letters: Sequence[DeadLetter]) -> None:
+    async def add_many(self, letters: Sequence[DeadLetter]) -> None:
+        await asyncio.to_thread(self._add_many, letters)
+
+    async def counts(self) -> dict[str, int]:
+        return await asyncio.to_thread(self._counts)
+
+    async def recent(self, limit: int = 100, reason: str | None = None) -> list[DeadLetter]:
+        return await asyncio.to_thread(self._recent, limit, reason)
+
+    async def prune(self, max_rows: int, older_than_ms: int) -> int:
+        return await asyncio.to_thread(self._prune, max_rows, older_than_ms)
+
+    # Blocking implementations.
+
+    def _add_many(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
         rows: list[dict[str, Any]] = [
@@ -202,7 +255,7 @@ class SqlDeadLetters:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot keep {len(rows)} dead letters: {exc}") from exc
 
-    def counts(self) -> dict[str, int]:
+    def _counts(self) -> dict[str, int]:
         try:
             with self._engine.connect() as conn:
                 query = select(dead_letter_counts.c.reason, dead_letter_counts.c.count.label("n"))
@@ -210,7 +263,7 @@ class SqlDeadLetters:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot count dead letters: {exc}") from exc
 
-    def recent(self, limit: int = 100, reason: str | None = None) -> list[DeadLetter]:
+    def _recent(self, limit: int = 100, reason: str | None = None) -> list[DeadLetter]:
         query = select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
         if reason is not None:
             query = query.where(dead_letters.c.reason == reason)
@@ -223,7 +276,7 @@ class SqlDeadLetters:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read dead letters: {exc}") from exc
 
-    def prune(self, max_rows: int, older_than_ms: int) -> int:
+    def _prune(self, max_rows: int, older_than_ms: int) -> int:
         try:
             with self._engine.begin() as conn:
                 gone = conn.execute(delete(dead_letters).where(dead_letters.c.received_at_ms < older_than_ms)).rowcount

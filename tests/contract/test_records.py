@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from command_center.schema import migrate
 from iot_gateway.adapters.records_sql import SqlDeadLetters, SqlDevices
 from kernel.db import database_url, make_engine
 from kernel.errors import DuplicateError
@@ -25,9 +26,8 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def devices(engine: Engine) -> SqlDevices:
-    store = SqlDevices(engine)
-    store.create_schema()
-    return store
+    migrate(engine)
+    return SqlDevices(engine)
 
 
 GAUGE = Device(
@@ -41,54 +41,61 @@ GAUGE = Device(
 )
 
 
-def test_add_get_and_list(devices: SqlDevices) -> None:
+async def test_add_get_and_list(devices: SqlDevices) -> None:
     truck = Device("veh-1", "vehicle", "危化品运输车", 20.0, 110.3, None, {"plate": "琼A·1", "category": "hazmat"})
-    devices.add(GAUGE)
-    devices.add(truck)
-    assert devices.get("res-1") == GAUGE
-    assert devices.get("nope") is None
-    assert devices.list() == [GAUGE, truck]
-    assert devices.list(kind="vehicle") == [truck]
-    assert devices.list(limit=1, offset=1) == [truck]
-    assert devices.kinds() == {"res-1": "water_level", "veh-1": "vehicle"}
-    assert devices.count() == 2
+    await devices.add(GAUGE)
+    await devices.add(truck)
+    assert await devices.get("res-1") == GAUGE
+    assert await devices.get("nope") is None
+    assert await devices.list() == [GAUGE, truck]
+    assert await devices.list(kind="vehicle") == [truck]
+    assert await devices.list(limit=1, offset=1) == [truck]
+    assert await devices.kinds() == {"res-1": "water_level", "veh-1": "vehicle"}
+    assert await devices.count() == 2
 
 
-def test_a_taken_id_is_refused(devices: SqlDevices) -> None:
-    devices.add(GAUGE)
+async def test_a_taken_id_is_refused(devices: SqlDevices) -> None:
+    await devices.add(GAUGE)
     with pytest.raises(DuplicateError):
-        devices.add(GAUGE)
+        await devices.add(GAUGE)
     with pytest.raises(DuplicateError):
-        devices.add_many([Device("new", "gas", "n", 0, 0), GAUGE])
-    assert devices.count() == 1  # the batch is all or nothing
+        await devices.add_many([Device("new", "gas", "n", 0, 0), GAUGE])
+    assert await devices.count() == 1  # the batch is all or nothing
 
 
-def test_upsert_changes_in_place(devices: SqlDevices) -> None:
-    devices.upsert(GAUGE)
+async def test_upsert_changes_in_place(devices: SqlDevices) -> None:
+    await devices.upsert(GAUGE)
     moved = Device("res-1", "water_level", "renamed", 1.0, 2.0, None, {"warning_level_m": 1, "danger_level_m": 2})
-    devices.upsert(moved)
-    assert devices.get("res-1") == moved
-    assert devices.count() == 1
+    await devices.upsert(moved)
+    assert await devices.get("res-1") == moved
+    assert await devices.count() == 1
 
 
-def test_add_many(devices: SqlDevices) -> None:
-    devices.add_many([Device(f"gas-{i}", "gas", f"g{i}", 20.0, 110.0) for i in range(500)])
-    assert devices.count() == 500
+async def test_add_many(devices: SqlDevices) -> None:
+    await devices.add_many([Device(f"gas-{i}", "gas", f"g{i}", 20.0, 110.0) for i in range(500)])
+    assert await devices.count() == 500
 
 
-def test_dead_letters_keep_payload_and_count_by_reason(engine: Engine) -> None:
+async def test_dead_letters_keep_payload_and_count_by_reason(engine: Engine) -> None:
+    migrate(engine)
     store = SqlDeadLetters(engine)
-    store.create_schema()
     binary = bytes(range(256))
-    store.add_many(
+    await store.add_many(
         [
             DeadLetter("city/sensors/gas/x", binary, "unknown_device", "device 'x' is not registered", 1),
             DeadLetter("city/sensors/gas/y", b"{", "bad_json", "payload is not JSON", 2),
             DeadLetter("city/sensors/gas/z", b"{", "bad_json", "payload is not JSON", 3),
         ]
     )
-    assert store.counts() == {"unknown_device": 1, "bad_json": 2}
-    newest = store.recent(limit=10)
+    assert await store.counts() == {"unknown_device": 1, "bad_json": 2}
+    newest = await store.recent(limit=10)
     assert [d.received_at_ms for d in newest] == [3, 2, 1]
     assert newest[-1].payload == binary
-    assert [d.topic for d in store.recent(reason="unknown_device")] == ["city/sensors/gas/x"]
+    assert [d.topic for d in await store.recent(reason="unknown_device")] == ["city/sensors/gas/x"]
+
+
+async def test_remove(devices: SqlDevices) -> None:
+    await devices.add(GAUGE)
+    assert await devices.remove("res-1") is True
+    assert await devices.get("res-1") is None
+    assert await devices.remove("res-1") is False

@@ -140,6 +140,9 @@ def test_simulate_command_feeds_a_gateway_process(tmp_path: Path, mosquitto_serv
     # The gateway on its own (a production process), with the demo city as its config.
     from command_center.city import demo_city_path
 
+    # As docker-compose does: the schema first, once, then the processes.
+    migrated = subprocess.run([*CITYOPS, "migrate"], env=env, capture_output=True, text=True, check=False)
+    assert migrated.returncode == 0, migrated.stderr[-2000:]
     health_port = servers.free_port()
     gateway = subprocess.Popen(
         [*CITYOPS, "gateway", "--config", str(demo_city_path()), "--health-port", str(health_port)],

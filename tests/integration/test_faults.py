@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from command_center.runtime import start_runtime, stop_runtime
+from command_center.schema import migrate
 from iot_gateway.adapters.mqtt_paho import PahoIngress
 from iot_gateway.adapters.records_sql import SqlDevices
 from kernel.clock import SystemClock
@@ -79,9 +80,8 @@ def influx_times(url: str, db: str, measurement: str = "gas") -> list[int]:
 
 def register(db_url: str, devices: list[str], data_dir: Path) -> None:
     engine = make_engine(database_url(db_url, data_dir))
-    store = SqlDevices(engine)
-    store.create_schema()
-    store.add_many([Device(d, "gas", d, 20.0, 110.3) for d in devices])
+    migrate(engine)
+    asyncio.run(SqlDevices(engine).add_many([Device(d, "gas", d, 20.0, 110.3) for d in devices]))
     engine.dispose()
 
 
@@ -167,7 +167,7 @@ def _settings(stack: Stack, tmp_path: Path, name: str) -> Any:
 
 
 async def test_mosquitto_restarting_under_load_loses_nothing(stack: Stack, tmp_path: Path) -> None:
-    runtime = await start_runtime(_settings(stack, tmp_path, "mqttrestart"), SystemClock())
+    runtime = await start_runtime(_settings(stack, tmp_path, "mqttrestart"), SystemClock(), migrate_schema=True)
     devices = [f"gas-m{i}" for i in range(20)]
     n, start = 5000, base_ts()
     load: LoadPublisher | None = None
@@ -214,7 +214,7 @@ async def test_a_store_down_under_load_loses_nothing_and_health_shows_it(
     stack: Stack, tmp_path: Path, down: str
 ) -> None:
     name = f"down_{down}"
-    runtime = await start_runtime(_settings(stack, tmp_path, name), SystemClock())
+    runtime = await start_runtime(_settings(stack, tmp_path, name), SystemClock(), migrate_schema=True)
     devices = [f"gas-{down}-{i}" for i in range(20)]
     marker = f"res-{down}"
     n, start, junk = 4000, base_ts(), 50
@@ -303,7 +303,7 @@ async def test_a_store_down_under_load_loses_nothing_and_health_shows_it(
 
 async def test_a_records_outage_pauses_intake_instead_of_piling_dead_letters_up(stack: Stack, tmp_path: Path) -> None:
     settings = _settings(stack, tmp_path, "dlpause").model_copy(update={"ingest_side_pending_max": 20})
-    runtime = await start_runtime(settings, SystemClock())
+    runtime = await start_runtime(settings, SystemClock(), migrate_schema=True)
     junk = 2000
     try:
         async with api_client(runtime) as api:
@@ -324,7 +324,7 @@ async def test_a_records_outage_pauses_intake_instead_of_piling_dead_letters_up(
                 assert health["components"]["records"]["state"] == "down"
                 await asyncio.sleep(1.0)
                 # Bounded: the side queue's limit plus one burst of the reader, not all that was sent.
-                queued = runtime.gateway.stats()["queued"]
+                queued = runtime.running_gateway().stats()["queued"]
                 assert queued < 20 + 2 * PahoIngress.READ_BURST, queued
             finally:
                 stack.postgres.start()

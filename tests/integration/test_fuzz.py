@@ -167,7 +167,7 @@ async def test_ten_thousand_random_payloads_through_the_broker(request: pytest.F
         await asyncio.to_thread(publish_all, target.host, target.port, messages)
 
         async def all_handled() -> dict[str, Any]:
-            stats: dict[str, Any] = center.runtime.gateway.stats()
+            stats: dict[str, Any] = center.runtime.running_gateway().stats()
             return stats if stats["messages"] >= len(delivered) and stats["queued"] == 0 else {}
 
         stats = await eventually(all_handled, timeout_s=60)

@@ -18,7 +18,8 @@ import pytest
 
 from command_center.auth import TokenStore, check_token_text
 from command_center.city import demo_city_path, load_city
-from iot_gateway.adapters.records_sql import SqlDeadLetters, SqlDevices
+from command_center.schema import migrate
+from iot_gateway.adapters.records_sql import SqlDevices
 from kernel.db import database_url, make_engine
 from kernel.errors import ConfigError
 from tests import servers
@@ -74,7 +75,14 @@ def test_an_empty_or_short_token_is_refused(text: str) -> None:
     assert check_token_text(" " + "x" * 24 + "\n", "the token") == "x" * 24
 
 
-def _api_process(data_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _api_process(
+    data_dir: Path, env: dict[str, str], *, migrate_first: bool = True
+) -> subprocess.CompletedProcess[str]:
+    if migrate_first:  # an api process needs a migrated database, as in production
+        migrated = subprocess.run(
+            [*CITYOPS, "migrate", "--data-dir", str(data_dir)], env={**os.environ, **env}, check=False, timeout=60
+        )
+        assert migrated.returncode == 0
     return subprocess.run(
         [*CITYOPS, "api", "--data-dir", str(data_dir), "--http-port", str(servers.free_port())],
         env={**os.environ, **env},
@@ -107,27 +115,26 @@ def test_cityops_refuses_an_empty_or_short_admin_token(
     assert says in done.stderr
     # Nothing was registered under the weak token.
     engine = make_engine(database_url(None, data))
-    store = TokenStore(engine)
-    store.create_schema()
-    assert store.list() == []
+    migrate(engine)
+    assert asyncio.run(TokenStore(engine).list()) == []
     engine.dispose()
 
 
-def test_a_revoked_admin_token_in_the_file_is_replaced(tmp_path: Path) -> None:
+async def test_a_revoked_admin_token_in_the_file_is_replaced(tmp_path: Path) -> None:
     engine = make_engine(database_url(None, tmp_path))
+    migrate(engine)
     store = TokenStore(engine)
-    store.create_schema()
     token_file = tmp_path / "admin.token"
-    first = store.ensure_admin(token_file, None, 1)
-    [info] = store.list()
-    assert store.revoke(info.id, 2)
-    second = store.ensure_admin(token_file, None, 3)
+    first = await store.ensure_admin(token_file, None, 1)
+    [info] = await store.list()
+    assert await store.revoke(info.id, 2)
+    second = await store.ensure_admin(token_file, None, 3)
     assert second != first
     assert token_file.read_text().strip() == second
-    assert store.lookup(first, 4) is None
-    assert store.lookup(second, 4) is not None
+    assert await store.lookup(first, 4) is None
+    assert await store.lookup(second, 4) is not None
     with pytest.raises(ConfigError, match="revoked"):
-        store.ensure_admin(token_file, first, 5)
+        await store.ensure_admin(token_file, first, 5)
     engine.dispose()
 
 
@@ -199,7 +206,9 @@ def test_no_password_or_token_reaches_health_errors_or_logs(
 
 
 def test_a_refused_setting_does_not_print_its_password(tmp_path: Path) -> None:
-    done = _api_process(tmp_path / "d", {"CITYOPS_ENVIRONMENT": "production", "CITYOPS_DATABASE_URL": ""})
+    done = _api_process(
+        tmp_path / "d", {"CITYOPS_ENVIRONMENT": "production", "CITYOPS_DATABASE_URL": ""}, migrate_first=False
+    )
     assert done.returncode == 2
     bad = _api_process(
         tmp_path / "e",
@@ -209,6 +218,7 @@ def test_a_refused_setting_does_not_print_its_password(tmp_path: Path) -> None:
             "CITYOPS_REDIS_URL": "redis://:Real-S3cret-pass@127.0.0.1:1/0",
             "CITYOPS_HTTP_PORT": "not-a-port",
         },
+        migrate_first=False,
     )
     assert bad.returncode == 2
     assert "Real-S3cret-pass" not in bad.stderr + bad.stdout
@@ -233,12 +243,10 @@ def test_several_starters_race_on_one_postgres(postgres_server: servers.Server, 
         ) -> None:
             engine = make_engine(database_url(url, tmp_path))
             try:
-                stores = (SqlDevices(engine), SqlDeadLetters(engine), TokenStore(engine))
                 barrier.wait(30)
-                for store in stores:
-                    store.create_schema()
-                stores[2].ensure_admin(tmp_path / f"admin-{round_}-{n}.token", admin, 1)
-                stores[0].upsert_many(devices)
+                migrate(engine)
+                asyncio.run(TokenStore(engine).ensure_admin(tmp_path / f"admin-{round_}-{n}.token", admin, 1))
+                asyncio.run(SqlDevices(engine).upsert_many(devices))
             except BaseException as exc:  # noqa: BLE001 - collected and reported below
                 errors.append(exc)
             finally:
@@ -255,6 +263,7 @@ def test_several_starters_race_on_one_postgres(postgres_server: servers.Server, 
 def test_several_api_processes_start_together(tmp_path: Path, postgres_server: servers.Server) -> None:
     db = servers.new_database(postgres_server, "procs")
     env = {**os.environ, "CITYOPS_DATABASE_URL": db, "CITYOPS_ADMIN_TOKEN": "t" * 32}
+    assert subprocess.run([*CITYOPS, "migrate", "--data-dir", str(tmp_path)], env=env, check=False).returncode == 0
     procs = []
     ports = [servers.free_port() for _ in range(4)]
     for i, port in enumerate(ports):

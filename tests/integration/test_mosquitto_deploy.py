@@ -112,7 +112,7 @@ async def center(broker: Broker, request: pytest.FixtureRequest, tmp_path: Path)
         mqtt_client_id=f"gw-{tmp_path.name}",
         mqtt_shared_group=f"cityops-{uuid.uuid4().hex[:8]}",
     ).model_copy(update={"mqtt_url": url, "mqtt_ca_file": broker.ca})
-    runtime = await start_runtime(settings, SystemClock())
+    runtime = await start_runtime(settings, SystemClock(), migrate_schema=True)
     assert runtime.ingress is not None
     assert await runtime.ingress.wait_subscribed(15)
     async with api_client(runtime) as api:

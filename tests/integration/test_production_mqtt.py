@@ -26,7 +26,7 @@ async def _readings(runtime_app: httpx.AsyncClient) -> list[float]:
 
 async def register_then_go_away(settings: Settings) -> MqttTarget:
     """Start a gateway, register the gauge, stop it: the broker keeps its session while it is away."""
-    first = await start_runtime(settings, SystemClock())
+    first = await start_runtime(settings, SystemClock(), migrate_schema=True)
     async with api_client(first) as api:
         assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
     target = first.mqtt_target()
@@ -46,7 +46,7 @@ async def test_readings_published_while_the_gateway_restarts_are_not_lost(
         await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": start + i, "value": 20 + i / 100}))
     sensor.close()
 
-    second = await start_runtime(settings, SystemClock())
+    second = await start_runtime(settings, SystemClock(), migrate_schema=True)
     try:
         async with api_client(second) as api:
 
@@ -65,14 +65,13 @@ async def test_two_gateways_in_a_shared_group_split_the_load_and_store_everythin
 ) -> None:
     base = production_settings(request, tmp_path / "a", mqtt_client_id="gw-a", mqtt_shared_group="cityops")
     other = base.model_copy(update={"mqtt_client_id": "gw-b", "data_dir": tmp_path / "b"})
-    a = await start_runtime(base, SystemClock())
-    b = await start_runtime(other, SystemClock())
+    a = await start_runtime(base, SystemClock(), migrate_schema=True)
+    b = await start_runtime(other, SystemClock(), migrate_schema=True)
     try:
         async with api_client(a) as api:
             assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
-            registered = a.devices.get("res-1")
-            assert registered is not None
-            b.gateway.note_device(registered)  # b runs in this process too but has its own device cache
+            # b has its own device cache and learns the device from the bus
+            await eventually(lambda: _knows(b.running_gateway().stats()))
             target = a.mqtt_target()
             sensor = Publisher(target.host, target.port)
             start = int(time.time() * 1000) - 60_000
@@ -87,7 +86,7 @@ async def test_two_gateways_in_a_shared_group_split_the_load_and_store_everythin
                 return len(await _readings(api)) == 201
 
             await eventually(all_stored)
-        got_a, got_b = a.gateway.stats()["accepted"], b.gateway.stats()["accepted"]
+        got_a, got_b = a.running_gateway().stats()["accepted"], b.running_gateway().stats()["accepted"]
         assert got_a + got_b == 201
         assert got_a > 0
         assert got_b > 0
@@ -99,8 +98,9 @@ async def test_two_gateways_in_a_shared_group_split_the_load_and_store_everythin
 async def test_a_separate_gateway_learns_devices_registered_through_the_api_process(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    shared = production_settings(request, tmp_path / "gw", mqtt_client_id="gw-split", registry_refresh_s=0.2)
-    gateway = await start_runtime(shared, SystemClock())
+    # An hour between reloads: what the gateway learns, it learns from the bus.
+    shared = production_settings(request, tmp_path / "gw", mqtt_client_id="gw-split", registry_refresh_s=3600)
+    gateway = await start_runtime(shared, SystemClock(), migrate_schema=True)
     api_only = await start_runtime(
         shared.model_copy(update={"data_dir": tmp_path / "api"}), SystemClock(), ingest=False
     )
@@ -108,7 +108,7 @@ async def test_a_separate_gateway_learns_devices_registered_through_the_api_proc
         assert api_only.ingress is None
         async with api_client(api_only) as api:
             assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
-            await eventually(lambda: _knows(gateway.gateway.stats()))
+            await eventually(lambda: _knows(gateway.running_gateway().stats()))
             target = gateway.mqtt_target()
             sensor = Publisher(target.host, target.port)
             ts = int(time.time() * 1000)
@@ -120,13 +120,18 @@ async def test_a_separate_gateway_learns_devices_registered_through_the_api_proc
                 return latest is not None and latest["ts_ms"] == ts
 
             await eventually(seen_by_api)
+            changed = dict(GAUGE, name="changed name")
+            assert (await api.put("/api/devices/res-1", json=changed)).status_code == 200
+            assert (await api.delete("/api/devices/res-1")).status_code == 204
+            await eventually(lambda: _knows(gateway.running_gateway().stats(), 0))
+            assert gateway.running_gateway().stats()["registry_changes"] >= 3
     finally:
         await stop_runtime(api_only)
         await stop_runtime(gateway)
 
 
-async def _knows(stats: dict[str, object]) -> bool:
-    return stats["registered_devices"] == 1
+async def _knows(stats: dict[str, object], count: int = 1) -> bool:
+    return stats["registered_devices"] == count
 
 
 async def test_the_gateway_reconnects_after_the_broker_restarts(request: pytest.FixtureRequest, tmp_path: Path) -> None:
@@ -134,7 +139,7 @@ async def test_the_gateway_reconnects_after_the_broker_restarts(request: pytest.
     settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-reconnect").model_copy(
         update={"mqtt_url": broker.url}
     )
-    runtime = await start_runtime(settings, SystemClock())
+    runtime = await start_runtime(settings, SystemClock(), migrate_schema=True)
     try:
         assert runtime.ingress is not None
         async with api_client(runtime) as api:
@@ -175,7 +180,7 @@ async def test_a_full_queue_pauses_reading_and_loses_nothing(request: pytest.Fix
         sensor.client.publish("city/sensors/water_level/res-1", json.dumps({"ts": start + i, "value": 20}), qos=1)
     await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": start + 2999, "value": 20}))
     sensor.close()
-    runtime = await start_runtime(settings, SystemClock())
+    runtime = await start_runtime(settings, SystemClock(), migrate_schema=True)
     try:
         assert runtime.ingress is not None
         async with api_client(runtime) as api:
@@ -199,7 +204,7 @@ async def test_stop_with_redis_down_gives_up_in_time_and_the_reading_comes_back_
     settings = production_settings(request, tmp_path / "data", mqtt_client_id="gw-redis-down").model_copy(
         update={"redis_url": own_redis.url}
     )
-    runtime = await start_runtime(settings, SystemClock())
+    runtime = await start_runtime(settings, SystemClock(), migrate_schema=True)
     ts = int(time.time() * 1000)
     try:
         async with api_client(runtime) as api:
@@ -209,16 +214,16 @@ async def test_stop_with_redis_down_gives_up_in_time_and_the_reading_comes_back_
         sensor = Publisher(target.host, target.port)
         await sensor.publish("city/sensors/water_level/res-1", json.dumps({"ts": ts, "value": 1}))
         sensor.close()
-        await eventually(lambda: _failing(runtime.gateway.stats()))
+        await eventually(lambda: _failing(runtime.running_gateway().stats()))
     finally:
         started = time.monotonic()
         await stop_runtime(runtime, write_timeout_s=1)
         assert time.monotonic() - started < 10
     # Not acknowledged, so not lost: the broker kept it for the gateway's session.
-    assert runtime.gateway.stats()["unwritten_at_stop"] == 1
-    assert runtime.gateway.stats()["lost"] == 0
+    assert runtime.running_gateway().stats()["unwritten_at_stop"] == 1
+    assert runtime.running_gateway().stats()["lost"] == 0
     own_redis.start()
-    again = await start_runtime(settings, SystemClock())
+    again = await start_runtime(settings, SystemClock(), migrate_schema=True)
     try:
         async with api_client(again) as api:
 
@@ -253,7 +258,7 @@ async def test_a_reading_influxdb_rejects_as_malformed_is_a_dead_letter_not_a_st
             content=f'water_level,device_id=other value="text" {now - 1000}'.encode(),
         )
         assert answer.status_code == 204, answer.text
-    runtime = await start_runtime(settings, SystemClock())
+    runtime = await start_runtime(settings, SystemClock(), migrate_schema=True)
     try:
         async with api_client(runtime) as api:
             assert (await api.post("/api/devices", json=GAUGE)).status_code == 201
