@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
@@ -316,7 +317,14 @@ def production(n: int, device_count: int, work: Path, hostile_n: int = 0) -> dic
             stats = [line for line in log.read_text().splitlines() if "gateway stopped cleanly" in line]
             drained["stats"] = stats[-1] if stats else ""
             result["gateway"][protocol] = drained
-        result["live_keys"] = int(redis_lib.Redis.from_url(red.url).dbsize())
+        client = redis_lib.Redis.from_url(red.url)
+        result["live_keys"] = sum(1 for _ in client.scan_iter(match="cityops:live:*", count=10_000))
+        # What the bus got from both drains: every reading, as events of the work stream.
+        entries: Any = client.xrange("cityops:bus:stream:reading")
+        result["bus_entries"] = len(entries)
+        result["bus_events"] = sum(len(orjson.loads(fields[b"e"])["events"]) for _id, fields in entries)
+        result["bus_latest"] = int(client.hlen("cityops:bus:latest:v1:reading"))
+        client.close()
         if hostile_n:
             result["hostile"] = hostile(devices, hostile_n, gateway_env("5"), mosq.port, influx.url, work)
         return result
@@ -389,6 +397,10 @@ def main() -> None:
         f"{gw5['rss_mib']:.0f} MiB after the drain"
     )
     print(f"  Redis live-state keys         {prod['live_keys']:>10,}")
+    print(
+        f"  Redis bus work stream         {prod['bus_events']:>10,} events in {prod['bus_entries']:,} entries "
+        f"(both drains), latest values of {prod['bus_latest']:,} devices"
+    )
     print(f"  {gw5['stats'].split(': ', 1)[-1]}")
     if args.hostile_n:
         alone, flood = prod["hostile"]["alone"], prod["hostile"]["flood"]

@@ -3,7 +3,9 @@
 Work streams: each topic is a list of entries (up to `ENTRY_EVENTS` events each) that consumer
 groups read with a cursor, holding what they read as pending until acknowledged; an entry left
 pending longer than the claim idle time is handed to another consumer of the group.
-Stream length is bounded by `stream_max_entries`: past it the oldest entries are dropped, and a
+Entries every group has acknowledged are dropped at once (in one process there is no later
+group to keep them for, beyond what a group made later than the stream finds). Stream length is
+bounded by `stream_max_entries`: past it the oldest entries are dropped, and a
 group that had not read them counts them in `trimmed_unacked` (shown in health). That is the
 stated policy: the bus never blocks the gateway because a consumer is down; the bound is sized
 for hours of the whole city, and health shows a group falling that far behind.
@@ -235,6 +237,12 @@ class MemoryBus:
 
     def _trim(self, stream: _Stream) -> None:
         entries = stream.entries
+        if stream.groups:
+            # In one process every group exists already: what all of them are done with can go,
+            # so memory follows the slowest group's lag, not the bound.
+            floor = min(min(group.pending, default=group.cursor) for group in stream.groups.values())
+            while entries and next(iter(entries)) < floor:
+                del entries[next(iter(entries))]
         while len(entries) > self._max_entries:
             number = next(iter(entries))
             size = len(entries.pop(number))

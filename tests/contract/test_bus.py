@@ -367,3 +367,17 @@ async def test_redis_publishing_while_redis_is_down_is_a_store_error(redis_url: 
     with pytest.raises(StoreError):
         await bus.consumer("rules", "r", [READING]).read(count=1, block_s=0.05)
     await bus.close()
+
+
+async def test_memory_holds_only_what_a_group_has_not_acknowledged() -> None:
+    bus = MemoryBus()
+    consumer = bus.consumer("rules", "r", [READING])
+    await bus.publish_many([reading("res-1", ts) for ts in range(1000)])
+    got = await consumer.read(count=2, block_s=0.1)
+    await bus.publish(reading("res-1", 1000))
+    assert (await bus.stats())[READING]["entries"] == 6, "read but not acknowledged: kept"
+    await consumer.ack(got)
+    await read_all(consumer)
+    await bus.publish(reading("res-1", 1001))
+    assert (await bus.stats())[READING]["entries"] == 1, "only the newest, not yet read"
+    await bus.close()

@@ -20,6 +20,9 @@ async def test_health_needs_no_token(center: Center) -> None:
     body = answer.json()
     assert body["status"] == "ok", body
     assert body["components"]["mqtt"]["state"] == "connected"
+    bus = body["components"]["bus"]
+    assert bus["state"] == "up"
+    assert bus["kind"] == ("MemoryBus" if center.runtime.settings.redis_url is None else "RedisBus")
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic abc", "Bearer "])
