@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers import GAUGE
+from tests.helpers import GAUGE, eventually
 
 from .conftest import Center, api_client
 
@@ -122,3 +124,38 @@ async def test_admin_token_is_written_owner_only(center: Center) -> None:
     token_file = Path(center.runtime.settings.data_dir) / "admin.token"
     assert token_file.read_text().strip() == center.runtime.admin_token
     assert token_file.stat().st_mode & 0o777 == 0o600
+
+
+async def test_change_and_remove_a_device_and_the_gateway_follows(center: Center) -> None:
+    await center.register(GAUGE)
+    moved = {**GAUGE, "name": "铁炉水库 (新)", "lat": 19.95}
+    changed = await center.api.put("/api/devices/res-1", json=moved)
+    assert changed.status_code == 200
+    assert (await center.device("res-1"))["name"] == "铁炉水库 (新)"
+    assert (await center.api.delete("/api/devices/res-1")).status_code == 204
+    assert (await center.api.get("/api/devices/res-1")).status_code == 404
+    # The gateway no longer takes its readings: they are dead letters of an unknown device.
+    await center.sensor.publish(
+        "city/sensors/water_level/res-1", json.dumps({"ts": int(time.time() * 1000), "value": 1})
+    )
+
+    async def refused() -> bool:
+        answer = await center.api.get("/api/dead-letters", params={"reason": "unknown_device"})
+        return any(letter["topic"].endswith("/res-1") for letter in answer.json())
+
+    await eventually(refused)
+
+
+async def test_changing_or_removing_a_device_is_refused_with_why(center: Center) -> None:
+    await center.register(GAUGE)
+    mismatch = await center.api.put("/api/devices/res-1", json={**GAUGE, "id": "res-2"})
+    assert ["body", "id"] in _locs(mismatch)
+    bad = await center.api.put("/api/devices/res-1", json={**GAUGE, "attributes": {"warning_level_m": 30}})
+    assert ["body", "attributes", "danger_level_m"] in _locs(bad)
+    assert (await center.api.put("/api/devices/nope", json={**GAUGE, "id": "nope"})).status_code == 404
+    assert (await center.api.delete("/api/devices/nope")).status_code == 404
+    issued = await center.api.post("/api/tokens", json={"name": "wall", "role": "viewer"})
+    viewer = {"Authorization": f"Bearer {issued.json()['token']}"}
+    assert (await center.api.put("/api/devices/res-1", json=GAUGE, headers=viewer)).status_code == 403
+    assert (await center.api.delete("/api/devices/res-1", headers=viewer)).status_code == 403
+    assert (await center.device("res-1"))["name"] == GAUGE["name"], "nothing changed"
