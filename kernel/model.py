@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 SensorKind = Literal["water_level", "smoke", "gas"]
 DeviceKind = Literal["water_level", "smoke", "gas", "vehicle"]
 UNITS: dict[str, str] = {"water_level": "m", "smoke": "%/m", "gas": "%LEL"}
+
+# How often each kind reports when healthy (seconds). Haikou's reservoir gauges report hourly;
+# detectors send a heartbeat every few minutes; vehicles every few seconds while moving.
+EXPECTED_INTERVAL_S: dict[str, int] = {
+    "water_level": 3600,
+    "smoke": 300,
+    "gas": 300,
+    "vehicle": 30,
+}
+
+
+def expected_interval_s(kind: str, attributes: Mapping[str, Any]) -> int:
+    """A device's expected interval: its own `expected_interval_s` attribute, else its kind's."""
+    own = attributes.get("expected_interval_s")
+    if isinstance(own, int | float) and not isinstance(own, bool) and own > 0:
+        return int(own)
+    return EXPECTED_INTERVAL_S[kind]
+
+
+def is_stale(last_ts_ms: int | None, interval_s: int, now_ms: int) -> bool:
+    """True when there was no data within the expected interval (never any data counts as stale)."""
+    if last_ts_ms is None:
+        return True
+    return now_ms - last_ts_ms > interval_s * 1000
 
 
 @dataclass(frozen=True, slots=True)
