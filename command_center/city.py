@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from alerts.domain.rules import ZoneShape, default_rules, parse_rule
+from alerts.engine import AnyRule
 from iot_gateway.domain.devices import DEVICE_ID_PATTERN, device_problems
 from kernel.errors import ConfigError
 from kernel.model import Device
@@ -74,6 +76,8 @@ class City(BaseModel):
     communities: list[Community] = Field(default_factory=list)
     routes: dict[str, list[LatLon]] = Field(default_factory=dict)
     forbidden_zones: list[Zone] = Field(default_factory=list)
+    # Rules change or disable the defaults by id, or add new ones (alerts/domain/rules.py).
+    rules: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("devices")
     @classmethod
@@ -132,3 +136,22 @@ def load_city(path: Path) -> City:
 def demo_city_path() -> Path:
     """The packaged demo city."""
     return Path(__file__).parent / "demo" / "haikou.yaml"
+
+
+def city_rules(city: City | None) -> list[AnyRule]:
+    """The defaults of CONTRACT.md, with the city config's rules replacing them by id or added."""
+    rules: dict[str, AnyRule] = {rule.id: rule for rule in default_rules()}
+    for n, data in enumerate(city.rules if city is not None else []):
+        try:
+            rule = parse_rule(data)
+        except ValidationError as exc:
+            raise ConfigError(f"rules[{n}] of the city config is wrong: {exc}") from exc
+        rules[rule.id] = rule
+    return list(rules.values())
+
+
+def city_zones(city: City | None) -> list[ZoneShape]:
+    """The city's forbidden zones, as the zone rules read them."""
+    if city is None:
+        return []
+    return [ZoneShape(id=z.id, name=z.name, polygon=z.polygon) for z in city.forbidden_zones]

@@ -22,7 +22,7 @@ from kernel.redact import install_log_redaction, redact_text
 from kernel.settings import Settings, load_settings
 
 from .city import demo_city_path, load_city
-from .runtime import make_bus, mqtt_target, start_runtime, stop_runtime
+from .runtime import Runtime, make_bus, mqtt_target, start_runtime, stop_runtime
 from .simulator import SCENARIOS, CitySimulation, SimulatorThread
 
 log = logging.getLogger("cityops")
@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument(
         "--health-port", type=int, default=None, help="serve GET /api/health on this port (for docker-compose)"
     )
+
+    rules = sub.add_parser("rules", help="run only the rules engine (a production process; several share the stream)")
+    rules.add_argument("--config", type=Path)
+    rules.add_argument("--data-dir", type=Path)
+    rules.add_argument("--http-host", help="where its health endpoint listens (default 127.0.0.1)")
+    rules.add_argument("--health-port", type=int, default=None, help="serve GET /api/health on this port")
 
     mig = sub.add_parser("migrate", help="bring the records database's schema up to date (run once, before the others)")
     mig.add_argument("--config", type=Path)
@@ -106,7 +112,7 @@ def _settle_memory() -> None:
 async def _serve(settings: Settings, *, ingest: bool = True) -> None:
     # `run` is the all-in-one: it brings its own database's schema up to date; `api` is one
     # production process among several and needs `cityops migrate` to have run.
-    runtime = await start_runtime(settings, SystemClock(), ingest=ingest, migrate_schema=ingest)
+    runtime = await start_runtime(settings, SystemClock(), ingest=ingest, rules=ingest, migrate_schema=ingest)
     _settle_memory()
     if settings.demo and runtime.city is not None and ingest:
         runtime.simulator = SimulatorThread(CitySimulation(runtime.city), runtime.mqtt_target(), settings.simulate_rate)
@@ -141,19 +147,7 @@ async def _gateway_only(settings: Settings, health_port: int | None) -> None:
     runtime = await start_runtime(settings, SystemClock())
     _settle_memory()
     try:
-        if health_port is None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-        else:
-            # uvicorn serves the health endpoint and returns on SIGTERM/SIGINT, as in `run`.
-            from .api import build_health_app
-
-            server = uvicorn.Server(_uvicorn_config(build_health_app(runtime), settings.http_host, health_port))
-            _quiet_signals()
-            await server.serve()
+        await _serve_until_stopped(runtime, settings, health_port)
     finally:
         await stop_runtime(runtime)
         if runtime.gateway is not None:
@@ -202,6 +196,36 @@ def _migrate(settings: Settings) -> int:
     else:
         print(f"schema at {after} (was {before or 'empty'})")
     return 0
+
+
+async def _rules_only(settings: Settings, health_port: int | None) -> None:
+    if not settings.redis_url:
+        raise ConfigError("`cityops rules` reads the Redis bus: set CITYOPS_REDIS_URL (or use `cityops run`)")
+    runtime = await start_runtime(settings, SystemClock(), ingest=False, rules=True)
+    _settle_memory()
+    try:
+        await _serve_until_stopped(runtime, settings, health_port)
+    finally:
+        await stop_runtime(runtime)
+        if runtime.rules_engine is not None:
+            log.info("rules engine stopped cleanly: %s", runtime.rules_engine.stats())
+
+
+async def _serve_until_stopped(runtime: Runtime, settings: Settings, health_port: int | None) -> None:
+    """Wait for SIGTERM/SIGINT, serving GET /api/health on `health_port` meanwhile if given."""
+    if health_port is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        return
+    # uvicorn serves the health endpoint and returns on SIGTERM/SIGINT, as in `run`.
+    from .api import build_health_app
+
+    server = uvicorn.Server(_uvicorn_config(build_health_app(runtime), settings.http_host, health_port))
+    _quiet_signals()
+    await server.serve()
 
 
 def _health(url: str, timeout_s: float) -> int:
@@ -268,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             return _migrate(settings)
         if args.command == "gateway":
             asyncio.run(_gateway_only(settings, args.health_port))
+        elif args.command == "rules":
+            asyncio.run(_rules_only(settings, args.health_port))
         else:
             asyncio.run(_serve(settings, ingest=args.command == "run"))
     except CityOpsError as exc:

@@ -54,6 +54,8 @@ async def health_report(runtime: Runtime) -> dict[str, Any]:
         degraded = True
     if runtime.gateway is not None:
         components["gateway"] = runtime.gateway.stats()
+    if runtime.rules_engine is not None:
+        components["rules"] = runtime.rules_engine.stats()
     report: dict[str, Any] = _redacted(
         {
             "status": "degraded" if degraded else "ok",

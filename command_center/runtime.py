@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, text
 
+from alerts.adapters.incidents_sql import SqlIncidents
+from alerts.domain.rules import parse_rule
+from alerts.engine import AnyRule, EngineOptions, RulesEngine
 from iot_gateway.adapters.broker_amqtt import EmbeddedBroker
 from iot_gateway.adapters.live_memory import MemoryLive
 from iot_gateway.adapters.live_redis import RedisLive
@@ -24,7 +27,7 @@ from kernel.ports import Bus, LiveState, TimeSeries
 from kernel.settings import Settings
 
 from .auth import TokenStore
-from .city import City, demo_city_path, load_city
+from .city import City, city_rules, city_zones, demo_city_path, load_city
 from .schema import migrate, require_current
 from .simulator import SimulatorThread
 
@@ -71,6 +74,7 @@ class Runtime:
     devices: SqlDevices
     dead_letters: SqlDeadLetters
     tokens: TokenStore
+    incidents: SqlIncidents
     bus: Bus
     live: LiveState
     series: TimeSeries
@@ -80,6 +84,7 @@ class Runtime:
     broker: EmbeddedBroker | None = None
     ingress: PahoIngress | None = None
     simulator: SimulatorThread | None = None
+    rules_engine: RulesEngine | None = None
     roles: tuple[str, ...] = field(default=())
 
     def running_gateway(self) -> Gateway:
@@ -126,13 +131,41 @@ def _gateway(runtime: Runtime) -> Gateway:
     )
 
 
+async def effective_rules(runtime: Runtime) -> list[AnyRule]:
+    """The city's rules (defaults and config) with the ones saved through the API replacing them by id."""
+    rules = {rule.id: rule for rule in city_rules(runtime.city)}
+    for spec in await runtime.incidents.saved_rules():
+        rule = parse_rule(spec)
+        rules[rule.id] = rule
+    return list(rules.values())
+
+
+async def start_rules(runtime: Runtime) -> RulesEngine:
+    """The rules engine in this process (`cityops run`, or the `cityops rules` process)."""
+    engine = RulesEngine(
+        bus=runtime.bus,
+        store=runtime.incidents,
+        devices=runtime.devices,
+        clock=runtime.clock,
+        rules=await effective_rules(runtime),
+        city_zones=city_zones(runtime.city),
+        live=runtime.live,
+        options=EngineOptions(tick_s=runtime.settings.rules_tick_s),
+        reload_rules=lambda: effective_rules(runtime),
+    )
+    await engine.start()
+    runtime.rules_engine = engine
+    return engine
+
+
 async def start_runtime(
-    settings: Settings, clock: Clock, *, ingest: bool = True, migrate_schema: bool = False
+    settings: Settings, clock: Clock, *, ingest: bool = True, rules: bool = False, migrate_schema: bool = False
 ) -> Runtime:
-    """Open stores, load the city, start the broker (embedded) and the gateway.
+    """Open stores, load the city, start the broker (embedded), the gateway and the rules engine.
 
     `migrate_schema`: bring the records schema up to date first (`cityops run`); otherwise the
     database must be current already (`cityops migrate` ran), or this refuses to start.
+    `rules`: run the rules engine in this process.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(database_url(settings.database_url, settings.data_dir))
@@ -154,16 +187,19 @@ async def start_runtime(
         devices,
         dead,
         tokens,
+        SqlIncidents(engine),
         make_bus(settings),
         make_live(settings),
         make_series(settings),
         admin,
         city,
     )
+    if rules:
+        await start_rules(runtime)
     if not ingest:
-        runtime.roles = ("api",)
+        runtime.roles = ("rules",) if rules else ("api",)
         return runtime
-    runtime.roles = ("gateway",)
+    runtime.roles = ("gateway", "rules") if rules else ("gateway",)
     runtime.gateway = gateway = _gateway(runtime)
     if settings.embedded_broker:
         runtime.broker = EmbeddedBroker("127.0.0.1", settings.mqtt_port)
@@ -194,6 +230,8 @@ async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -
         await runtime.gateway.stop(write_timeout_s or runtime.settings.shutdown_write_timeout_s)
     if runtime.ingress is not None:
         await runtime.ingress.stop()
+    if runtime.rules_engine is not None:
+        await runtime.rules_engine.stop()
     if runtime.broker is not None:
         await runtime.broker.stop()
     await runtime.series.close()

@@ -18,6 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, MetaData, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from alerts.adapters import incidents_sql
 from iot_gateway.adapters import records_sql
 from kernel.errors import ConfigError, StoreError
 
@@ -109,7 +110,7 @@ def require_current(engine: Engine) -> None:
 def metadata() -> MetaData:
     """Every table the code uses, as one MetaData (to check the migrations against the code)."""
     merged = MetaData()
-    for source in (records_sql.metadata, auth.metadata):
+    for source in (records_sql.metadata, auth.metadata, incidents_sql.metadata):
         for table in source.tables.values():
             table.to_metadata(merged)
     return merged

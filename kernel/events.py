@@ -34,6 +34,7 @@ DEVICE_CHANGED: Final = "device.changed"
 INCIDENT_CHANGED: Final = "incident.changed"
 TICKET_CHANGED: Final = "ticket.changed"
 CAMERA_STATUS: Final = "camera.status"
+RULE_CHANGED: Final = "rule.changed"
 
 Severity = Literal["low", "medium", "high", "critical"]
 IncidentStatus = Literal["open", "acknowledged", "resolved"]
@@ -82,6 +83,8 @@ class IncidentChanged:
     device_ids: tuple[str, ...] = ()
     camera_ids: tuple[str, ...] = ()
     ticket_id: str | None = None
+    # What the rule watches (a device id, or a group's first device): one open incident per rule and subject.
+    subject: str = ""
 
     @property
     def key(self) -> str:
@@ -134,7 +137,29 @@ class CameraStatusChanged:
         return self.camera_id
 
 
-Event = Reading | Position | DeviceStatus | DeviceChanged | IncidentChanged | TicketChanged | CameraStatusChanged
+@dataclass(frozen=True, slots=True)
+class RuleChanged:
+    """A rule was created, changed, disabled or enabled (through the API): rules processes reload."""
+
+    TOPIC: ClassVar[str] = RULE_CHANGED
+    rule_id: str
+    at_ms: int
+
+    @property
+    def key(self) -> str:
+        return self.rule_id
+
+
+Event = (
+    Reading
+    | Position
+    | DeviceStatus
+    | DeviceChanged
+    | IncidentChanged
+    | TicketChanged
+    | CameraStatusChanged
+    | RuleChanged
+)
 
 EVENT_TYPES: Final[dict[str, type[Any]]] = {
     READING: Reading,
@@ -144,6 +169,7 @@ EVENT_TYPES: Final[dict[str, type[Any]]] = {
     INCIDENT_CHANGED: IncidentChanged,
     TICKET_CHANGED: TicketChanged,
     CAMERA_STATUS: CameraStatusChanged,
+    RULE_CHANGED: RuleChanged,
 }
 TOPICS: Final = tuple(EVENT_TYPES)
 
@@ -282,6 +308,7 @@ __all__ = [
     "INCIDENT_CHANGED",
     "POSITION",
     "READING",
+    "RULE_CHANGED",
     "SCHEMA_VERSION",
     "TICKET_CHANGED",
     "TOPICS",
@@ -290,6 +317,7 @@ __all__ = [
     "Event",
     "EventDecodeError",
     "IncidentChanged",
+    "RuleChanged",
     "TicketChanged",
     "decode",
     "decode_one",

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     dead_letter_max_age_days: float = Field(default=7.0, gt=0)
 
     registry_refresh_s: float = Field(default=30.0, gt=0)
+    # How often the rules engine looks at the time (silence, escalation by time unacknowledged).
+    rules_tick_s: float = Field(default=1.0, gt=0)
     # How long a stop waits for the stores to take what was received; what is left then stays
     # unacknowledged, and the broker delivers it again to the next gateway.
     shutdown_write_timeout_s: float = Field(default=30.0, gt=0)

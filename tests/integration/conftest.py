@@ -75,7 +75,7 @@ async def open_center(request: pytest.FixtureRequest, tmp_path: Path, mode: str,
         settings = embedded_settings(tmp_path / "data", **extra)
     else:
         settings = production_settings(request, tmp_path / "data", mqtt_client_id=f"gw-{tmp_path.name}", **extra)
-    runtime = await start_runtime(settings, SystemClock(), migrate_schema=True)
+    runtime = await start_runtime(settings, SystemClock(), rules=True, migrate_schema=True)
     target = runtime.mqtt_target()
     sensor = Publisher(target.host, target.port)
     try:

@@ -12,6 +12,7 @@ from kernel.events import (
     DeviceChanged,
     EventDecodeError,
     IncidentChanged,
+    RuleChanged,
     TicketChanged,
     decode,
     encode,
@@ -27,6 +28,7 @@ SAMPLES = [
     IncidentChanged("i", "escalated", "r", "flood", "high", 2, "open", "水位", 5, 6, device_ids=("res-1",)),
     TicketChanged("t", "N-1", "created", "new", "sensor", "flood", "urgent", 7, camera_ids=("c1", "c2")),
     CameraStatusChanged("c1", "degraded", "online", "frozen picture", 8),
+    RuleChanged("gas-leak", 9),
 ]
 
 

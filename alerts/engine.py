@@ -1,0 +1,501 @@
+"""The rules engine service: the bus's work stream in, incidents out (records and bus).
+
+It reads readings, positions, device statuses and device changes as a member of the consumer
+group `rules` (several `cityops rules` processes share the stream), evaluates every rule with the
+pure code of `domain/`, and records each Raise or Clear as an incident change in one transaction
+with its history; the incident store keeps one open incident per rule and subject, so two
+processes never open the same incident twice. An entry is acknowledged once all its events are
+processed; a failure retries the same entry (evaluation is idempotent: a reading not newer than
+the last one judged changes nothing).
+
+State survives a restart without firing: threshold levels, silences and zones are rebuilt from
+the open incidents, and silence is counted from the moment watching began. States follow the
+incident events of other rules processes (a raise or a clear made elsewhere), and a device that
+looks silent here is checked against the shared live state before it is called silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from kernel.clock import Clock
+from kernel.events import (
+    DEVICE_CHANGED,
+    DEVICE_STATUS,
+    INCIDENT_CHANGED,
+    POSITION,
+    READING,
+    RULE_CHANGED,
+    DeviceChanged,
+    Event,
+    IncidentChanged,
+    RuleChanged,
+)
+from kernel.model import Device, DeviceStatus, Position, Reading, expected_interval_s
+from kernel.ports import Bus, DeviceRegistry, LiveState
+
+from .domain.evaluate import (
+    Change,
+    Clear,
+    CorrelationState,
+    LevelState,
+    PreparedZone,
+    Problem,
+    Raise,
+    SilenceState,
+    ZoneState,
+    correlation_step,
+    in_scope,
+    open_levels,
+    prepare_zones,
+    silence_seen,
+    silence_status,
+    silence_tick,
+    threshold_step,
+    zone_step,
+)
+from .domain.incidents import EscalationPolicy, HistoryEntry, Incident, escalate_by_time
+from .domain.rules import CorrelationRule, SilenceRule, ThresholdRule, ZoneRule, ZoneShape
+
+log = logging.getLogger(__name__)
+
+AnyRule = ThresholdRule | SilenceRule | CorrelationRule | ZoneRule
+GROUP = "rules"
+
+
+class IncidentStore(Protocol):
+    """What the engine needs of the incident records (SqlIncidents)."""
+
+    async def raised(self, raise_: Raise, category: str) -> tuple[Incident, bool]: ...
+
+    async def correlated(
+        self, raise_: Raise, category: str, member_rules: list[str]
+    ) -> tuple[Incident, list[Incident]]: ...
+
+    async def cleared(self, clear: Clear, resolve: Any) -> Incident | None: ...
+
+    async def act(self, incident_id: str, action: Any) -> Incident | None: ...
+
+    async def open_incidents(self) -> list[Incident]: ...
+
+
+def incident_event(incident: Incident, change: str) -> IncidentChanged:
+    return IncidentChanged(
+        id=incident.id,
+        change=change,
+        rule_id=incident.rule_id,
+        category=incident.category,
+        severity=incident.severity,
+        escalation_tier=incident.escalation_tier,
+        status=incident.status,
+        title=incident.title,
+        opened_at_ms=incident.opened_at_ms,
+        updated_at_ms=incident.updated_at_ms,
+        resolved_at_ms=incident.resolved_at_ms,
+        lat=incident.lat,
+        lon=incident.lon,
+        grid_id=incident.grid_id,
+        device_ids=incident.device_ids,
+        camera_ids=incident.camera_ids,
+        ticket_id=incident.ticket_id,
+        subject=incident.subject,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    group: str = GROUP
+    name: str = field(default_factory=lambda: f"rules-{socket.gethostname()}-{os.getpid()}")
+    tick_s: float = 1.0
+    escalation_every_s: float = 5.0
+    claim_idle_s: float | None = None
+
+
+class RulesEngine:
+    """Evaluates the rules over the event stream and keeps incidents."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        store: IncidentStore,
+        devices: DeviceRegistry,
+        clock: Clock,
+        rules: Sequence[AnyRule],
+        city_zones: Sequence[ZoneShape] = (),
+        policy: EscalationPolicy | None = None,
+        live: LiveState | None = None,
+        options: EngineOptions | None = None,
+        reload_rules: Callable[[], Awaitable[Sequence[AnyRule]]] | None = None,
+    ) -> None:
+        self._reload_rules = reload_rules
+        self._bus = bus
+        self._store = store
+        self._registry = devices
+        self._clock = clock
+        self._city_zones = list(city_zones)
+        self._policy = policy or EscalationPolicy()
+        self._live = live
+        self._opts = options or EngineOptions()
+        self._devices: dict[str, Device] = {}
+        self._rules: list[AnyRule] = []
+        self._zones: dict[str, list[PreparedZone]] = {}
+        self._levels: dict[tuple[str, str], LevelState] = {}
+        self._silences: dict[tuple[str, str], SilenceState] = {}
+        self._zone_states: dict[tuple[str, str], ZoneState] = {}
+        self._correlations: dict[str, CorrelationState] = {}
+        # Devices in an open correlated incident (device -> incident id), and the rules it takes in.
+        self._absorbed: dict[str, str] = {}
+        self._members_all: set[str] = set()
+        self._started_ms = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.counts: Counter[str] = Counter()
+        self.problems: dict[str, dict[str, str]] = {}
+        self.last_error: str | None = None
+        self.set_rules(rules)
+
+    # --- rules ---------------------------------------------------------------------------
+
+    def set_rules(self, rules: Sequence[AnyRule]) -> None:
+        """Replace the rules (an edit through the API). States of rules that stay are kept."""
+        self._rules = [rule for rule in rules if rule.enabled]
+        self._zones = {r.id: prepare_zones(r, self._city_zones) for r in self._rules if isinstance(r, ZoneRule)}
+        self._members_all = {m for r in self._rules if isinstance(r, CorrelationRule) for m in self._members(r)}
+        ids = {rule.id for rule in self._rules}
+        for states in (self._levels, self._silences, self._zone_states):
+            for key in [k for k in states if k[0] not in ids]:
+                del states[key]
+
+    def _members(self, rule: CorrelationRule) -> list[str]:
+        """The threshold rules whose incidents a correlation takes in: those on its conditions' kinds."""
+        kinds = {condition.kind for condition in rule.conditions}
+        return [
+            r.id
+            for r in self._rules
+            if isinstance(r, ThresholdRule) and (not r.scope.kinds or kinds & set(r.scope.kinds))
+        ]
+
+    @property
+    def rules(self) -> list[AnyRule]:
+        return list(self._rules)
+
+    def _rule(self, rule_id: str) -> AnyRule | None:
+        return next((r for r in self._rules if r.id == rule_id), None)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._started_ms = self._clock.now_ms()
+        self._devices = {d.id: d for d in await self._registry.list(limit=10**9)}
+        self._rebuild(await self._store.open_incidents())
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="rules-consume"),
+            asyncio.create_task(self._ticks(), name="rules-ticks"),
+            asyncio.create_task(self._follow(), name="rules-follow"),
+        ]
+        log.info("rules engine %s started: %d rules, %d devices", self._opts.name, len(self._rules), len(self._devices))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def _rebuild(self, open_incidents: Sequence[Incident]) -> None:
+        """States from the open incidents: nothing open is raised again, nothing is forgotten."""
+        for rule in self._rules:
+            mine = [i for i in open_incidents if i.rule_id == rule.id]
+            if isinstance(rule, ThresholdRule):
+                severities = {i.subject: i.severity for i in mine if not i.cleared}
+                for subject, state in open_levels(rule, severities).items():
+                    self._levels[(rule.id, subject)] = state
+            elif isinstance(rule, SilenceRule):
+                for i in mine:
+                    if not i.cleared:
+                        self._silences[(rule.id, i.subject)] = SilenceState(None, silent=True)
+            elif isinstance(rule, ZoneRule):
+                for i in mine:
+                    if not i.cleared:
+                        self._zone_states[(rule.id, i.subject)] = ZoneState(inside="?")
+            else:
+                self._correlations[rule.id] = CorrelationState(raised=frozenset(i.subject for i in mine))
+                for i in mine:
+                    for device_id in i.device_ids:
+                        self._absorbed[device_id] = i.id
+
+    # --- the stream ------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        consumer = self._bus.consumer(
+            self._opts.group,
+            self._opts.name,
+            [READING, POSITION, DEVICE_STATUS, DEVICE_CHANGED],
+            claim_idle_s=self._opts.claim_idle_s,
+        )
+        attempt = 0
+        try:
+            while True:
+                try:
+                    for item in await consumer.read(count=20, block_s=1.0):
+                        # The same entry again until it is processed: nothing is skipped on a failure.
+                        while True:
+                            try:
+                                for event in item.events:
+                                    await self.handle(event)
+                                break
+                            except asyncio.CancelledError:
+                                raise
+                            except Exception as exc:  # noqa: BLE001 - logged, backed off, retried
+                                self.last_error = f"{type(exc).__name__}: {exc}"
+                                delay = min(0.1 * 2**attempt, 5.0) * random.uniform(0.8, 1.2)
+                                attempt += 1
+                                log.warning("rules: processing failed (%s); again in %.1fs", self.last_error, delay)
+                                await asyncio.sleep(delay)
+                        attempt = 0
+                        await consumer.ack([item])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the bus is down: back off and read again
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    delay = min(0.1 * 2**attempt, 5.0) * random.uniform(0.8, 1.2)
+                    attempt += 1
+                    log.warning("rules: reading the bus failed (%s); again in %.1fs", self.last_error, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            await consumer.close()
+
+    async def handle(self, event: Event) -> None:
+        """One event through every rule in scope (public: the benchmark replays through it)."""
+        self.counts["events"] += 1
+        if isinstance(event, DeviceChanged):
+            await self._device_changed(event)
+            return
+        if not isinstance(event, Reading | Position | DeviceStatus):
+            return
+        device = self._devices.get(event.device_id)
+        if device is None:
+            self.counts["unknown_device"] += 1
+            return
+        for rule in self._rules:
+            if not in_scope(rule.scope, device):
+                continue
+            await self._evaluate(rule, event, device)
+
+    async def _evaluate(self, rule: AnyRule, event: Reading | Position | DeviceStatus, device: Device) -> None:
+        key = (rule.id, device.id)
+        if isinstance(rule, ThresholdRule) and isinstance(event, Reading):
+            level, changes = threshold_step(rule, self._levels.get(key, LevelState()), event, device)
+            await self._apply(rule, changes)
+            self._levels[key] = level
+        elif isinstance(rule, SilenceRule):
+            state = self._silences.get(key, SilenceState())
+            if isinstance(event, DeviceStatus):
+                new, changes = silence_status(rule, state, device, event)
+            else:
+                new, changes = silence_seen(rule, state, device, event.ts_ms)
+            await self._apply(rule, changes)
+            self._silences[key] = new
+        elif isinstance(rule, CorrelationRule) and isinstance(event, Reading):
+            corr, changes = correlation_step(rule, self._correlations.get(rule.id, CorrelationState()), event, device)
+            await self._apply(rule, changes)
+            self._correlations[rule.id] = corr
+        elif isinstance(rule, ZoneRule) and isinstance(event, Position):
+            zone, changes = zone_step(
+                rule, self._zones.get(rule.id, []), self._zone_states.get(key, ZoneState()), event, device
+            )
+            await self._apply(rule, changes)
+            self._zone_states[key] = zone
+
+    async def _apply(self, rule: AnyRule, changes: Sequence[Change]) -> None:
+        for change in changes:
+            if isinstance(change, Problem):
+                self.problems.setdefault(rule.id, {})[change.device_id] = change.detail
+                self.counts["problems"] += 1
+            elif isinstance(change, Raise) and isinstance(rule, CorrelationRule):
+                group, merged = await self._store.correlated(change, rule.category, self._members(rule))
+                self.counts["raised"] += 1
+                for device_id in group.device_ids:
+                    self._absorbed[device_id] = group.id
+                for incident in merged:
+                    await self._publish(incident, "merged")
+                await self._publish(group, "updated")
+            elif isinstance(change, Raise):
+                if (
+                    isinstance(rule, ThresholdRule)
+                    and change.subject in self._absorbed
+                    and rule.id in self._members_all
+                ):
+                    # Part of a correlated incident already (fire risk): not an incident of its own.
+                    self.counts["absorbed"] += 1
+                    continue
+                incident, changed = await self._store.raised(change, rule.category)
+                if changed:
+                    self.counts["raised"] += 1
+                    opened = incident.opened_at_ms == incident.updated_at_ms
+                    await self._publish(incident, "opened" if opened else "updated")
+            else:
+                cleared = await self._store.cleared(change, rule.resolve)
+                if cleared is not None:
+                    self.counts["cleared"] += 1
+                    await self._publish(cleared, "cleared")
+
+    async def _publish(self, incident: Incident, change: str) -> None:
+        await self._bus.publish(incident_event(incident, change))
+
+    async def _device_changed(self, event: DeviceChanged) -> None:
+        if event.change != "removed" and event.device is not None:
+            self._devices[event.device_id] = event.device
+            return
+        gone = self._devices.pop(event.device_id, None)
+        if gone is None:
+            return
+        # A removed device's incidents are over: each active state clears.
+        for rule in self._rules:
+            key = (rule.id, event.device_id)
+            active = (
+                (key in self._levels and self._levels[key].level is not None)
+                or (key in self._silences and (self._silences[key].silent or self._silences[key].offline))
+                or (key in self._zone_states and self._zone_states[key].inside is not None)
+            )
+            if active:
+                await self._apply(
+                    rule, [Clear(rule.id, event.device_id, event.at_ms, f"device {event.device_id} removed")]
+                )
+            for states in (self._levels, self._silences, self._zone_states):
+                states.pop(key, None)
+
+    # --- time: silence and escalation ------------------------------------------------------------
+
+    async def _ticks(self) -> None:
+        last_escalation = 0.0
+        while True:
+            await asyncio.sleep(self._opts.tick_s)
+            try:
+                await self.tick(self._clock.now_ms())
+                now = asyncio.get_running_loop().time()
+                if now - last_escalation >= self._opts.escalation_every_s:
+                    last_escalation = now
+                    await self.escalate_due(self._clock.now_ms())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # logged with its traceback; the next tick tries again
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("rules: tick failed")
+
+    async def tick(self, now_ms: int) -> None:
+        """Silence: devices quiet for too long (confirmed against the shared live state)."""
+        for rule in self._rules:
+            if not isinstance(rule, SilenceRule):
+                continue
+            for device in list(self._devices.values()):
+                if not in_scope(rule.scope, device):
+                    continue
+                key = (rule.id, device.id)
+                state = self._silences.get(key, SilenceState())
+                new, changes = silence_tick(rule, state, device, now_ms, self._started_ms)
+                if changes and self._live is not None:
+                    # Another rules process may have had its readings: ask the shared live state.
+                    entry = await self._live.get(device.id)
+                    seen = entry.sample.ts_ms if entry.sample is not None else None
+                    limit_ms = rule.factor * expected_interval_s(device.kind, device.attributes) * 1000
+                    if seen is not None and now_ms - seen <= limit_ms:
+                        self._silences[key] = replace(state, last_seen_ms=seen)
+                        continue
+                await self._apply(rule, changes)
+                self._silences[key] = new
+
+    async def escalate_due(self, now_ms: int) -> None:
+        for incident in await self._store.open_incidents():
+            if self._policy.tier_due(incident, now_ms) <= incident.escalation_tier:
+                continue
+
+            def step(current: Incident) -> tuple[Incident, HistoryEntry]:
+                # Judged again on the row as it is now: two processes escalate once.
+                done = escalate_by_time(current, self._policy, now_ms)
+                if done is None:
+                    raise _NothingToDo
+                return done
+
+            try:
+                changed = await self._store.act(incident.id, step)
+            except _NothingToDo:
+                continue
+            if changed is not None:
+                self.counts["escalated"] += 1
+                await self._publish(changed, "escalated")
+
+    # --- other processes' incidents ----------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        sub = self._bus.live([INCIDENT_CHANGED, RULE_CHANGED])
+        try:
+            async for event in sub:
+                if isinstance(event, IncidentChanged):
+                    self.sync(event)
+                elif isinstance(event, RuleChanged) and self._reload_rules is not None:
+                    try:
+                        self.set_rules(await self._reload_rules())
+                        log.info("rules reloaded after a change to %s", event.rule_id)
+                    except Exception:
+                        log.exception("cannot reload the rules; keeping the ones in use")
+        finally:
+            await sub.close()
+
+    def sync(self, event: IncidentChanged) -> None:
+        """Keep states in step with incidents raised or cleared by another rules process."""
+        if event.status == "resolved":
+            for device_id in [d for d, incident_id in self._absorbed.items() if incident_id == event.id]:
+                del self._absorbed[device_id]
+        rule = self._rule(event.rule_id)
+        if rule is None or not event.subject:
+            return
+        if isinstance(rule, CorrelationRule) and event.status != "resolved":
+            for device_id in event.device_ids:
+                self._absorbed[device_id] = event.id
+            return
+        key = (rule.id, event.subject)
+        if event.change == "cleared":
+            self._levels.pop(key, None)
+            self._silences.pop(key, None)
+            self._zone_states.pop(key, None)
+            return
+        if event.change not in ("opened", "updated"):
+            return
+        if isinstance(rule, ThresholdRule):
+            rebuilt = open_levels(rule, {event.subject: event.severity})[event.subject]
+            held = self._levels.get(key, LevelState())
+            if held.level is None or (rebuilt.level is not None and rebuilt.level > held.level):
+                self._levels[key] = replace(held, level=rebuilt.level)
+        elif isinstance(rule, SilenceRule):
+            self._silences[key] = replace(self._silences.get(key, SilenceState()), silent=True)
+        elif isinstance(rule, ZoneRule):
+            held_zone = self._zone_states.get(key, ZoneState())
+            if held_zone.inside is None:
+                self._zone_states[key] = replace(held_zone, inside="?")
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "rules": len(self._rules),
+            "devices": len(self._devices),
+            "events": self.counts["events"],
+            "raised": self.counts["raised"],
+            "cleared": self.counts["cleared"],
+            "escalated": self.counts["escalated"],
+            "problems": self.counts["problems"],
+            "last_error": self.last_error,
+        }
+
+
+class _NothingToDo(Exception):
+    """The row no longer calls for the escalation (another process did it)."""

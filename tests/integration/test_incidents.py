@@ -1,0 +1,266 @@
+"""Rules and incidents end to end: readings published over MQTT, incidents seen in the API and on the bus,
+on the embedded default and on the real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernel.events import INCIDENT_CHANGED, IncidentChanged
+from tests.helpers import GAUGE, eventually
+
+from .conftest import Center, open_center
+
+
+@pytest.fixture(params=["embedded", "production"])
+async def city(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Center]:
+    async with open_center(request, tmp_path, request.param, rules_tick_s=0.1) as started:
+        yield started
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def send(center: Center, kind: str, device: str, **reading: Any) -> None:
+    await center.sensor.publish(f"city/sensors/{kind}/{device}", json.dumps({"ts": now_ms(), **reading}))
+    await asyncio.sleep(0.002)  # a new millisecond for the next one
+
+
+async def incidents(center: Center, **params: Any) -> list[dict[str, Any]]:
+    answer = await center.api.get("/api/incidents", params=params)
+    assert answer.status_code == 200, answer.text
+    found: list[dict[str, Any]] = answer.json()
+    return found
+
+
+async def one_incident(center: Center, rule_id: str, **where: Any) -> dict[str, Any]:
+    async def probe() -> dict[str, Any]:
+        for incident in await incidents(center, rule_id=rule_id):
+            if all(incident.get(k) == v for k, v in where.items()):
+                return incident
+        return {}
+
+    return await eventually(probe)
+
+
+async def test_a_reservoir_rising_past_warning_then_danger_is_one_incident_that_resolves_itself(city: Center) -> None:
+    seen = city.runtime.bus.live([INCIDENT_CHANGED])
+    await city.register(GAUGE)
+    await send(city, "water_level", "res-1", value=24.0)
+    await send(city, "water_level", "res-1", value=25.6)
+    high = await one_incident(city, "reservoir-level", severity="high", status="open")
+    assert high["device_ids"] == ["res-1"]
+    assert high["category"] == "flood"
+    assert high["escalation_tier"] == 1
+    assert high["opened_at"].endswith("+08:00") or "+" in high["opened_at"]
+    await send(city, "water_level", "res-1", value=27.0)
+    critical = await one_incident(city, "reservoir-level", severity="critical")
+    assert critical["id"] == high["id"], "the same incident, raised"
+    await send(city, "water_level", "res-1", value=25.47)  # within the hysteresis: still on
+    await send(city, "water_level", "res-1", value=25.0)
+    resolved = await one_incident(city, "reservoir-level", status="resolved")
+    assert resolved["id"] == high["id"]
+    assert len(await incidents(city)) == 1
+    history = (await city.api.get(f"/api/incidents/{high['id']}")).json()["history"]
+    assert [h["action"] for h in history] == ["opened", "severity_raised", "resolved"]
+    assert history[0]["who"] == "rule:reservoir-level"
+    # ... and each change went out on the bus as an incident event
+    events: list[IncidentChanged] = []
+
+    async def on_bus() -> bool:
+        events.extend(e for e in await seen.take(100, timeout_s=0.2) if isinstance(e, IncidentChanged))
+        return any(e.id == high["id"] and e.status == "resolved" for e in events)
+
+    await eventually(on_bus)
+    await seen.close()
+
+
+async def test_smoke_and_gas_together_make_one_critical_incident_listing_both(city: Center) -> None:
+    for device in ({"id": "smk-1", "kind": "smoke"}, {"id": "gas-1", "kind": "gas"}):
+        await city.register({**device, "name": device["id"], "lat": 20.0, "lon": 110.0})
+    await send(city, "smoke", "smk-1", value=0.8, alarm=True)
+    smoke = await one_incident(city, "smoke-alarm", status="open")
+    assert smoke["severity"] == "high"
+    await send(city, "gas", "gas-1", value=31.0)
+    fire = await one_incident(city, "fire-gas-together", severity="critical")
+    assert fire["id"] == smoke["id"], "the smoke alarm's incident became the fire-risk incident"
+    assert sorted(fire["device_ids"]) == ["gas-1", "smk-1"]
+    await asyncio.sleep(0.3)
+    open_now = await incidents(city, status="open")
+    assert [i["id"] for i in open_now] == [fire["id"]], "one incident, not two"
+    # More readings of the pair update it; they open nothing new.
+    await send(city, "gas", "gas-1", value=45.0)
+    await send(city, "smoke", "smk-1", value=0.9, alarm=True)
+    await asyncio.sleep(0.3)
+    assert [i["id"] for i in await incidents(city, status="open")] == [fire["id"]]
+
+
+async def test_a_silent_device_and_an_offline_one(city: Center) -> None:
+    await city.register({**GAUGE, "id": "gas-s", "kind": "gas", "attributes": {"expected_interval_s": 1}})
+    await send(city, "gas", "gas-s", value=1.0)
+    silent = await one_incident(city, "device-silent", status="open")
+    assert silent["severity"] == "low"
+    await send(city, "gas", "gas-s", value=1.0)
+    await one_incident(city, "device-silent", status="resolved")
+    await city.register({**GAUGE, "id": "gas-o", "kind": "gas"})
+    await city.sensor.publish("city/devices/gas-o/status", "offline")
+    offline = await one_incident(city, "device-silent", status="open")
+    assert offline["device_ids"] == ["gas-o"]
+
+
+async def test_a_hazmat_truck_entering_a_forbidden_zone_from_a_rule_made_through_the_api(city: Center) -> None:
+    rule = {
+        "id": "no-hazmat-near-tielu",
+        "name": "危化品车辆禁入铁炉水库",
+        "category": "traffic",
+        "kind": "zone",
+        "scope": {"kinds": ["vehicle"], "categories": ["hazmat"]},
+        "zones": [
+            {
+                "id": "z",
+                "name": "铁炉水库保护区",
+                "polygon": [[19.92, 110.24], [19.92, 110.27], [19.94, 110.27], [19.94, 110.24]],
+            }
+        ],
+    }
+    assert (await city.api.post("/api/rules", json=rule)).status_code == 201
+    truck = {
+        "id": "veh-1",
+        "kind": "vehicle",
+        "name": "危化品车",
+        "lat": 20.0,
+        "lon": 110.3,
+        "attributes": {"plate": "琼A·D0001", "category": "hazmat"},
+    }
+    await city.register(truck)
+    for lat in (19.90, 19.93):
+        await city.sensor.publish("city/vehicles/veh-1/gps", json.dumps({"ts": now_ms(), "lat": lat, "lon": 110.25}))
+        await asyncio.sleep(0.01)
+    inside = await one_incident(city, "no-hazmat-near-tielu", status="open")
+    assert "琼A·D0001" in inside["title"]
+    assert inside["severity"] == "high"
+
+
+async def test_people_acknowledge_escalate_and_resolve_with_roles(city: Center) -> None:
+    await city.register(GAUGE)
+    await send(city, "water_level", "res-1", value=26.0)
+    incident = await one_incident(city, "reservoir-level", status="open")
+    path = f"/api/incidents/{incident['id']}"
+    viewer_token = (await city.api.post("/api/tokens", json={"name": "wall", "role": "viewer"})).json()["token"]
+    viewer = {"Authorization": f"Bearer {viewer_token}"}
+    assert (await city.api.post(f"{path}/acknowledge", headers=viewer)).status_code == 403
+    leader_token = (await city.api.post("/api/tokens", json={"name": "副市长", "role": "leader"})).json()["token"]
+    leader = {"Authorization": f"Bearer {leader_token}"}
+    acked = await city.api.post(f"{path}/acknowledge", headers=leader)
+    assert acked.status_code == 200
+    assert acked.json()["status"] == "acknowledged"
+    assert (await city.api.post(f"{path}/acknowledge", headers=leader)).status_code == 409
+    up = await city.api.post(f"{path}/escalate", headers=leader, json={"note": "水位持续上涨"})
+    assert up.json()["escalation_tier"] == 2
+    assert (await city.api.post(f"{path}/escalate", headers=leader, json={"to_tier": 2})).status_code == 409
+    assert (await city.api.post(f"{path}/escalate", headers=leader, json={"to_tier": 4})).status_code == 422
+    done = await city.api.post(f"{path}/resolve", headers=leader, json={"note": "已泄洪"})
+    assert done.json()["status"] == "resolved"
+    assert (await city.api.post(f"{path}/resolve", headers=leader)).status_code == 409
+    assert (await city.api.post("/api/incidents/nope/acknowledge", headers=leader)).status_code == 404
+    history = (await city.api.get(path)).json()["history"]
+    assert [(h["action"], h["who"]) for h in history] == [
+        ("opened", "rule:reservoir-level"),
+        ("acknowledged", "副市长"),
+        ("escalated", "副市长"),
+        ("resolved", "副市长"),
+    ]
+    # Resolved by a person while the level is still above warning: the rule does not raise it again.
+    await send(city, "water_level", "res-1", value=26.1)
+    await asyncio.sleep(0.3)
+    assert len(await incidents(city)) == 1
+
+
+@pytest.mark.parametrize(
+    ("rule", "loc"),
+    [
+        ({"kind": "weather"}, ["body"]),
+        ({"kind": "threshold", "levels": []}, ["body"]),
+        ({"kind": "threshold", "levels": [{"severity": "extreme", "at": 1}]}, ["body", "levels", 0, "severity"]),
+        (
+            {"kind": "zone", "zones": [{"id": "z", "name": "z", "polygon": [[0, 0], [1, 1], [0, 1], [1, 0]]}]},
+            ["body", "zones", 0, "polygon"],
+        ),
+        (
+            {"kind": "zone", "zones": [{"id": "z", "name": "z", "polygon": [[0, 0], [1, 1]]}]},
+            ["body", "zones", 0, "polygon"],
+        ),
+    ],
+)
+async def test_a_bad_rule_is_422_naming_the_field_and_the_rules_stay(
+    center: Center, rule: dict[str, Any], loc: list[Any]
+) -> None:
+    before = (await center.api.get("/api/rules")).json()
+    answer = await center.api.post("/api/rules", json={"id": "bad", "name": "bad", "category": "x", **rule})
+    assert answer.status_code == 422, answer.text
+    assert loc in [e["loc"][: len(loc)] for e in answer.json()["detail"]]
+    assert (await center.api.get("/api/rules")).json() == before
+
+
+async def test_rules_are_listed_changed_and_disabled(center: Center) -> None:
+    rules = {r["id"]: r for r in (await center.api.get("/api/rules")).json()}
+    assert set(rules) >= {"reservoir-level", "smoke-alarm", "gas-leak", "fire-gas-together", "device-silent"}
+    gas = rules["gas-leak"]
+    changed = {k: v for k, v in gas.items() if k != "problems"}
+    changed["levels"] = [
+        {"severity": "high", "at": 10.0, "attribute": None},
+        {"severity": "critical", "at": 40.0, "attribute": None},
+    ]
+    answer = await center.api.put("/api/rules/gas-leak", json=changed)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["levels"][0]["at"] == 10.0
+    assert (await center.api.post("/api/rules", json=changed)).status_code == 409
+    assert (await center.api.post("/api/rules/gas-leak/disable")).json()["enabled"] is False
+    assert (await center.api.post("/api/rules/nope/disable")).status_code == 404
+    await center.register({"id": "gas-9", "kind": "gas", "name": "gas", "lat": 20.0, "lon": 110.0})
+    await send(center, "gas", "gas-9", value=60.0)
+    await asyncio.sleep(0.5)
+    assert await incidents(center, rule_id="gas-leak") == [], "a disabled rule raises nothing"
+    assert (await center.api.post("/api/rules/gas-leak/enable")).json()["enabled"] is True
+    await send(center, "gas", "gas-9", value=61.0)
+    await one_incident(center, "gas-leak", severity="critical")
+
+
+async def test_a_missing_attribute_is_shown_on_the_rule_never_a_crash(center: Center) -> None:
+    await center.register(
+        {
+            "id": "res-x",
+            "kind": "water_level",
+            "name": "no levels",
+            "lat": 20.0,
+            "lon": 110.0,
+            "attributes": {"warning_level_m": 1.0, "danger_level_m": 2.0},
+        }
+    )
+    # A rule naming an attribute this device does not have.
+    rule = {
+        "id": "odd",
+        "name": "odd",
+        "category": "flood",
+        "kind": "threshold",
+        "scope": {"device_ids": ["res-x"]},
+        "levels": [{"severity": "high", "attribute": "spillway_m"}],
+    }
+    assert (await center.api.post("/api/rules", json=rule)).status_code == 201
+    await send(center, "water_level", "res-x", value=1.5)
+
+    async def shown() -> dict[str, Any]:
+        for r in (await center.api.get("/api/rules")).json():
+            if r["id"] == "odd" and r["problems"]:
+                return dict(r["problems"])
+        return {}
+
+    assert "spillway_m" in (await eventually(shown))["res-x"]
+    await one_incident(center, "reservoir-level", severity="high")  # the other rules went on
