@@ -31,6 +31,7 @@ test: system-deps $(STAMP) lint
 ## Benchmarks: figures as ratios against a baseline measured in the same run.
 bench: system-deps $(STAMP)
 	$(BIN)/python -m bench.bus
+	$(BIN)/python -m bench.rules
 	$(BIN)/python -m bench.ingest
 
 clean:

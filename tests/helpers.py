@@ -64,11 +64,21 @@ class LoadPublisher:
     """
 
     def __init__(
-        self, host: str, port: int, devices: list[str], n: int, rate: float, base_ts: int, client_id: str = "load"
+        self,
+        host: str,
+        port: int,
+        devices: list[str],
+        n: int,
+        rate: float,
+        base_ts: int,
+        client_id: str = "load",
+        value: float | None = None,
     ) -> None:
         import threading
 
         self.devices, self.n, self.rate, self.base_ts = devices, n, rate, base_ts
+        # None: values 1..10 (below every default threshold); else this value in every reading.
+        self.value = value
         self.acked: set[int] = set()
         self.mids_sent: dict[int, int] = {}
         self.acked_early: set[int] = set()
@@ -101,7 +111,8 @@ class LoadPublisher:
 
         started = time.monotonic()
         for i in range(self.n):
-            payload = _json.dumps({"ts": self.base_ts + i, "value": 1.0 + (i % 10)})
+            value = 1.0 + (i % 10) if self.value is None else self.value
+            payload = _json.dumps({"ts": self.base_ts + i, "value": value})
             info = self.client.publish(self.topic(i), payload, qos=1)
             with self.lock:
                 if info.mid in self.acked_early:
