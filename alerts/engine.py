@@ -23,18 +23,20 @@ import os
 import random
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from kernel.clock import Clock
 from kernel.events import (
+    CAMERA_STATUS,
     DEVICE_CHANGED,
     DEVICE_STATUS,
     INCIDENT_CHANGED,
     POSITION,
     READING,
     RULE_CHANGED,
+    CameraStatusChanged,
     DeviceChanged,
     Event,
     IncidentChanged,
@@ -65,14 +67,50 @@ from .domain.evaluate import (
     zone_step,
 )
 from .domain.incidents import EscalationPolicy, HistoryEntry, Incident, escalate_by_time
-from .domain.rules import CorrelationRule, SilenceRule, ThresholdRule, ZoneRule, ZoneShape
+from .domain.rules import (
+    AnyRule,
+    CameraOfflineRule,
+    CorrelationRule,
+    CorridorRule,
+    CountRule,
+    DurationRule,
+    DwellRule,
+    LatLon,
+    ProjectionRule,
+    RateRule,
+    SilenceRule,
+    SpeedRule,
+    ThresholdRule,
+    ZoneRule,
+    ZoneShape,
+)
+from .domain.series import SeriesState, count_step, duration_step, projection_step, rate_step
+from .domain.vehicles import (
+    CameraState,
+    Route,
+    VehicleState,
+    camera_status_step,
+    camera_tick,
+    corridor_step,
+    dwell_step,
+    make_route,
+    speed_step,
+)
 
 log = logging.getLogger(__name__)
 
-AnyRule = ThresholdRule | SilenceRule | CorrelationRule | ZoneRule
 GROUP = "rules"
 _NORMAL = LevelState()
-_THRESHOLD, _SILENCE, _CORRELATION, _OTHER = range(4)
+_THRESHOLD, _SILENCE, _CORRELATION, _READINGS, _OTHER = range(5)
+_EMPTY_SERIES = SeriesState()
+_STILL = VehicleState()
+_CAMERA_OK = CameraState()
+_SERIES_STEPS: dict[type[Any], Callable[..., tuple[SeriesState, list[Change]]]] = {
+    RateRule: rate_step,
+    ProjectionRule: projection_step,
+    DurationRule: duration_step,
+    CountRule: count_step,
+}
 # Per device: (which kind of rule, the rule, its state key, a threshold rule's levels for the
 # device). The rule is typed Any: the kind code says what it is, and the hot path skips isinstance.
 Plan = list[tuple[int, Any, tuple[str, str], Any]]
@@ -140,6 +178,7 @@ class RulesEngine:
         clock: Clock,
         rules: Sequence[AnyRule],
         city_zones: Sequence[ZoneShape] = (),
+        city_routes: Mapping[str, Sequence[LatLon]] | None = None,
         policy: EscalationPolicy | None = None,
         live: LiveState | None = None,
         options: EngineOptions | None = None,
@@ -151,6 +190,7 @@ class RulesEngine:
         self._registry = devices
         self._clock = clock
         self._city_zones = list(city_zones)
+        self._city_routes = dict(city_routes or {})
         self._policy = policy or EscalationPolicy()
         self._live = live
         self._opts = options or EngineOptions()
@@ -161,6 +201,10 @@ class RulesEngine:
         self._silences: dict[tuple[str, str], SilenceState] = {}
         self._zone_states: dict[tuple[str, str], ZoneState] = {}
         self._correlations: dict[str, CorrelationState] = {}
+        self._series: dict[tuple[str, str], SeriesState] = {}
+        self._vehicles: dict[tuple[str, str], VehicleState] = {}
+        self._cameras: dict[tuple[str, str], CameraState] = {}
+        self._routes: dict[str, Route] = {}
         # Devices in an open correlated incident (device -> incident id), and the rules it takes in.
         self._absorbed: dict[str, str] = {}
         self._members_all: set[str] = set()
@@ -191,12 +235,15 @@ class RulesEngine:
             else:
                 self._unnamed.append(i)
         self._order = list(range(len(self._rules)))
-        self._zones = {r.id: prepare_zones(r, self._city_zones) for r in self._rules if isinstance(r, ZoneRule)}
+        self._zones = {
+            r.id: prepare_zones(r, self._city_zones) for r in self._rules if isinstance(r, ZoneRule | DwellRule)
+        }
         self._members_all = {m for r in self._rules if isinstance(r, CorrelationRule) for m in self._members(r)}
         ids = {rule.id for rule in self._rules}
-        for states in (self._levels, self._silences, self._zone_states):
+        for states in self._keyed_states():
             for key in [k for k in states if k[0] not in ids]:
                 del states[key]
+        self._routes = {}
 
     def _members(self, rule: CorrelationRule) -> list[str]:
         """The threshold rules whose incidents a correlation takes in: those on its conditions' kinds."""
@@ -206,6 +253,9 @@ class RulesEngine:
             for r in self._rules
             if isinstance(r, ThresholdRule) and (not r.scope.kinds or kinds & set(r.scope.kinds))
         ]
+
+    def _keyed_states(self) -> tuple[dict[tuple[str, str], Any], ...]:
+        return (self._levels, self._silences, self._zone_states, self._series, self._vehicles, self._cameras)
 
     @property
     def rules(self) -> list[AnyRule]:
@@ -251,6 +301,18 @@ class RulesEngine:
                 for i in mine:
                     if not i.cleared:
                         self._zone_states[(rule.id, i.subject)] = ZoneState(inside="?")
+            elif isinstance(rule, RateRule | ProjectionRule | DurationRule | CountRule):
+                for i in mine:
+                    if not i.cleared:
+                        self._series[(rule.id, i.subject)] = SeriesState(raised=True)
+            elif isinstance(rule, CorridorRule | DwellRule | SpeedRule):
+                for i in mine:
+                    if not i.cleared:
+                        self._vehicles[(rule.id, i.subject)] = VehicleState(flagged=True)
+            elif isinstance(rule, CameraOfflineRule):
+                for i in mine:
+                    if not i.cleared:
+                        self._cameras[(rule.id, i.subject)] = CameraState(raised=True)
             else:
                 self._correlations[rule.id] = CorrelationState(raised=frozenset(i.subject for i in mine))
                 for i in mine:
@@ -263,7 +325,7 @@ class RulesEngine:
         consumer = self._bus.consumer(
             self._opts.group,
             self._opts.name,
-            [READING, POSITION, DEVICE_STATUS, DEVICE_CHANGED],
+            [READING, POSITION, DEVICE_STATUS, DEVICE_CHANGED, CAMERA_STATUS],
             claim_idle_s=self._opts.claim_idle_s,
         )
         attempt = 0
@@ -344,10 +406,15 @@ class RulesEngine:
                     if changes:
                         await self._apply(rule, changes)
                     correlations[rule.id] = corr
+                elif code == _READINGS:
+                    await self._evaluate(rule, event, device)
 
     async def _handle_other(self, event: Event) -> None:
         if isinstance(event, DeviceChanged):
             await self._device_changed(event)
+            return
+        if isinstance(event, CameraStatusChanged):
+            await self._camera_status(event)
             return
         if not isinstance(event, Position | DeviceStatus):
             return
@@ -378,6 +445,8 @@ class RulesEngine:
                 plan.append((_SILENCE, rule, key, None))
             elif isinstance(rule, CorrelationRule):
                 plan.append((_CORRELATION, rule, key, None))
+            elif isinstance(rule, RateRule | ProjectionRule | DurationRule | CountRule):
+                plan.append((_READINGS, rule, key, None))
             else:
                 plan.append((_OTHER, rule, key, None))
         return plan
@@ -406,6 +475,47 @@ class RulesEngine:
             )
             await self._apply(rule, changes)
             self._zone_states[key] = zone
+        elif isinstance(rule, RateRule | ProjectionRule | DurationRule | CountRule) and isinstance(event, Reading):
+            series_step = _SERIES_STEPS[type(rule)]
+            series, changes = series_step(rule, self._series.get(key, _EMPTY_SERIES), event, device)
+            await self._apply(rule, changes)
+            self._series[key] = series
+        elif isinstance(rule, CorridorRule | DwellRule | SpeedRule) and isinstance(event, Position):
+            held = self._vehicles.get(key, _STILL)
+            if isinstance(rule, CorridorRule):
+                vehicle, changes = corridor_step(rule, self._route_of(rule, device), held, event, device)
+            elif isinstance(rule, DwellRule):
+                vehicle, changes = dwell_step(rule, self._zones.get(rule.id, []), held, event, device)
+            else:
+                vehicle, changes = speed_step(rule, held, event, device)
+            await self._apply(rule, changes)
+            self._vehicles[key] = vehicle
+
+    def _route_of(self, rule: CorridorRule, device: Device) -> Route | None:
+        """The route a corridor rule holds a vehicle to: its own line, the vehicle's route attribute,
+        or the rule's named city route (None: the vehicle has no route, nothing to judge)."""
+        name = None
+        if rule.route:
+            name = f"rule:{rule.id}"
+            points: Sequence[LatLon] = rule.route
+        else:
+            route_id = device.attributes.get("route") if rule.route_from_attribute else None
+            route_id = route_id if isinstance(route_id, str) else rule.route_id
+            if route_id is None or route_id not in self._city_routes:
+                return None
+            name, points = route_id, self._city_routes[route_id]
+        route = self._routes.get(name)
+        if route is None:
+            route = self._routes[name] = make_route(points)
+        return route
+
+    async def _camera_status(self, event: CameraStatusChanged) -> None:
+        for rule in self._rules:
+            if isinstance(rule, CameraOfflineRule):
+                key = (rule.id, event.camera_id)
+                camera, changes = camera_status_step(rule, self._cameras.get(key, _CAMERA_OK), event)
+                await self._apply(rule, changes)
+                self._cameras[key] = camera
 
     async def _apply(self, rule: AnyRule, changes: Sequence[Change]) -> None:
         for change in changes:
@@ -460,12 +570,14 @@ class RulesEngine:
                 (key in self._levels and self._levels[key].level is not None)
                 or (key in self._silences and (self._silences[key].silent or self._silences[key].offline))
                 or (key in self._zone_states and self._zone_states[key].inside is not None)
+                or (key in self._series and self._series[key].raised)
+                or (key in self._vehicles and self._vehicles[key].flagged)
             )
             if active:
                 await self._apply(
                     rule, [Clear(rule.id, event.device_id, event.at_ms, f"device {event.device_id} removed")]
                 )
-            for states in (self._levels, self._silences, self._zone_states):
+            for states in self._keyed_states():
                 states.pop(key, None)
 
     # --- time: silence and escalation ------------------------------------------------------------
@@ -487,7 +599,15 @@ class RulesEngine:
                 log.exception("rules: tick failed")
 
     async def tick(self, now_ms: int) -> None:
-        """Silence: devices quiet for too long (confirmed against the shared live state)."""
+        """Silence: devices quiet for too long (confirmed against the shared live state); cameras
+        offline for too long."""
+        for (rule_id, camera_id), camera in list(self._cameras.items()):
+            rule = self._rule(rule_id)
+            if isinstance(rule, CameraOfflineRule):
+                raised_camera, changes = camera_tick(rule, camera_id, camera, now_ms)
+                if changes:
+                    await self._apply(rule, changes)
+                    self._cameras[(rule_id, camera_id)] = raised_camera
         for rule in self._rules:
             if not isinstance(rule, SilenceRule):
                 continue
@@ -559,9 +679,8 @@ class RulesEngine:
             return
         key = (rule.id, event.subject)
         if event.change == "cleared":
-            self._levels.pop(key, None)
-            self._silences.pop(key, None)
-            self._zone_states.pop(key, None)
+            for states in self._keyed_states():
+                states.pop(key, None)
             return
         if event.change not in ("opened", "updated"):
             return
@@ -576,6 +695,12 @@ class RulesEngine:
             held_zone = self._zone_states.get(key, ZoneState())
             if held_zone.inside is None:
                 self._zone_states[key] = replace(held_zone, inside="?")
+        elif isinstance(rule, RateRule | ProjectionRule | DurationRule | CountRule):
+            self._series[key] = self._series.get(key, _EMPTY_SERIES)._replace(raised=True)
+        elif isinstance(rule, CorridorRule | DwellRule | SpeedRule):
+            self._vehicles[key] = self._vehicles.get(key, _STILL)._replace(flagged=True)
+        elif isinstance(rule, CameraOfflineRule):
+            self._cameras[key] = self._cameras.get(key, _CAMERA_OK)._replace(raised=True)
 
     def stats(self) -> dict[str, Any]:
         return {

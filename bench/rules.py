@@ -22,8 +22,8 @@ from typing import Any
 
 from alerts.domain.evaluate import Clear, Raise
 from alerts.domain.incidents import Incident, clear_incident, open_incident, update_incident
-from alerts.domain.rules import default_rules, parse_rule
-from alerts.engine import AnyRule, RulesEngine
+from alerts.domain.rules import AnyRule, default_rules, parse_rule
+from alerts.engine import RulesEngine
 from kernel.bus import MemoryBus
 from kernel.clock import SystemClock
 from kernel.model import Device, DeviceKind, Reading

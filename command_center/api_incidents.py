@@ -11,8 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from alerts.domain.incidents import HistoryEntry, Incident, TransitionError, acknowledge, escalate, resolve
-from alerts.domain.rules import parse_rule
-from alerts.engine import AnyRule, incident_event
+from alerts.domain.rules import RULE_KINDS, AnyRule, parse_rule
+from alerts.engine import incident_event
 from kernel.clock import to_iso
 from kernel.errors import StoreError
 from kernel.events import RuleChanged
@@ -67,7 +67,7 @@ def _rule_error(exc: ValidationError) -> RequestValidationError:
     errors = []
     for error in exc.errors():
         loc = list(error["loc"])
-        if loc and loc[0] in ("threshold", "silence", "correlation", "zone"):
+        if loc and loc[0] in RULE_KINDS:
             loc = loc[1:]
         errors.append({"loc": ("body", *loc), "msg": error["msg"], "type": error["type"]})
     return RequestValidationError(errors)

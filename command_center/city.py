@@ -11,8 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from alerts.domain.rules import ZoneShape, default_rules, parse_rule
-from alerts.engine import AnyRule
+from alerts.domain.rules import AnyRule, ZoneShape, default_rules, parse_rule
 from iot_gateway.domain.devices import DEVICE_ID_PATTERN, device_problems
 from kernel.errors import ConfigError
 from kernel.model import Device

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, text
 
 from alerts.adapters.incidents_sql import SqlIncidents
-from alerts.domain.rules import parse_rule
-from alerts.engine import AnyRule, EngineOptions, RulesEngine
+from alerts.domain.rules import AnyRule, parse_rule
+from alerts.engine import EngineOptions, RulesEngine
 from iot_gateway.adapters.broker_amqtt import EmbeddedBroker
 from iot_gateway.adapters.live_memory import MemoryLive
 from iot_gateway.adapters.live_redis import RedisLive
@@ -149,6 +149,7 @@ async def start_rules(runtime: Runtime) -> RulesEngine:
         clock=runtime.clock,
         rules=await effective_rules(runtime),
         city_zones=city_zones(runtime.city),
+        city_routes=runtime.city.routes if runtime.city is not None else {},
         live=runtime.live,
         options=EngineOptions(tick_s=runtime.settings.rules_tick_s),
         reload_rules=lambda: effective_rules(runtime),

@@ -18,7 +18,7 @@ from shapely.prepared import PreparedGeometry, prep
 
 from kernel.model import Device, DeviceStatus, Position, Reading, expected_interval_s
 
-from .rules import CorrelationRule, Scope, Severity, SilenceRule, ThresholdRule, ZoneRule, ZoneShape
+from .rules import CorrelationRule, DwellRule, Scope, Severity, SilenceRule, ThresholdRule, ZoneRule, ZoneShape
 
 EARTH_RADIUS_M = 6_371_008.8
 
@@ -35,6 +35,7 @@ class Raise:
     lon: float | None = None
     grid_id: str | None = None
     detail: str = ""
+    camera_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +321,7 @@ class PreparedZone:
     shape: PreparedGeometry[Polygon]
 
 
-def prepare_zones(rule: ZoneRule, city_zones: Sequence[ZoneShape]) -> list[PreparedZone]:
+def prepare_zones(rule: ZoneRule | DwellRule, city_zones: Sequence[ZoneShape]) -> list[PreparedZone]:
     """The rule's own zones and the city zones it names (`*`: every city zone)."""
     chosen = list(rule.zones)
     wanted = set(rule.zone_ids)

@@ -99,6 +99,7 @@ def open_incident(new_id: str, category: str, raised: Raise) -> tuple[Incident, 
         lon=raised.lon,
         grid_id=raised.grid_id,
         device_ids=raised.device_ids,
+        camera_ids=raised.camera_ids,
     )
     return incident, HistoryEntry(new_id, raised.at_ms, actor_of(raised.rule_id), "opened", raised.title)
 

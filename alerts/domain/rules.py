@@ -153,16 +153,155 @@ class ZoneRule(RuleBase):
         return self
 
 
-Rule = Annotated[ThresholdRule | SilenceRule | CorrelationRule | ZoneRule, Field(discriminator="kind")]
+class Test(BaseModel):
+    """A condition on one reading or fix: `field` `op` a number or one of the device's attributes."""
+
+    model_config = ConfigDict(extra="forbid")
+    field: Literal["value", "alarm", "speed_kmh"] = "value"
+    op: Literal[">=", "<="] = ">="
+    at: float | None = None
+    attribute: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> Test:
+        if self.field != "alarm" and (self.at is None) == (self.attribute is None):
+            raise ValueError("give the threshold as `at` (a number) or as `attribute` (a device attribute), not both")
+        return self
+
+
+class RateRule(RuleBase):
+    """A rise (or fall) of at least `change` within `window_s`: 0.3 m in an hour, say."""
+
+    kind: Literal["rate"]
+    change: float = Field(gt=0)
+    window_s: float = Field(gt=0, le=7 * 86_400)
+    direction: Literal["rise", "fall"] = "rise"
+    severity: Severity = "medium"
+
+
+class ProjectionRule(RuleBase):
+    """The recent trend (least squares over `window_s`, at least `min_points` readings) reaches the
+    level within `horizon_s`: raised before the level is reached."""
+
+    kind: Literal["projection"]
+    level: Level
+    window_s: float = Field(default=3 * 3600.0, gt=0, le=7 * 86_400)
+    horizon_s: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    min_points: int = Field(default=3, ge=2, le=1000)
+    severity: Severity = "high"
+
+
+class DurationRule(RuleBase):
+    """The test holds for at least `for_s` without a break."""
+
+    kind: Literal["duration"]
+    test: Test
+    for_s: float = Field(gt=0, le=7 * 86_400)
+    severity: Severity = "medium"
+
+
+class CountRule(RuleBase):
+    """The test holds `times` times or more within `window_s`."""
+
+    kind: Literal["count"]
+    test: Test
+    times: int = Field(ge=2, le=10_000)
+    window_s: float = Field(gt=0, le=7 * 86_400)
+    severity: Severity = "medium"
+
+
+class CorridorRule(RuleBase):
+    """A vehicle farther than `width_m / 2` from its route (a line given here or a city route)."""
+
+    kind: Literal["corridor"]
+    route: list[LatLon] = Field(default_factory=list)
+    route_id: str | None = None
+    # Per vehicle: the route named by its `route` attribute when it has one.
+    route_from_attribute: bool = True
+    width_m: float = Field(default=200.0, gt=0, le=100_000)
+    severity: Severity = "high"
+
+    @model_validator(mode="after")
+    def _a_route(self) -> CorridorRule:
+        if self.route and len(self.route) < 2:
+            raise ValueError("a route needs at least 2 points")
+        if not self.route and self.route_id is None and not self.route_from_attribute:
+            raise ValueError("a corridor rule needs `route`, `route_id` or `route_from_attribute`")
+        return self
+
+
+class DwellRule(RuleBase):
+    """A vehicle inside one of the zones for longer than `max_s`."""
+
+    kind: Literal["dwell"]
+    zones: list[ZoneShape] = Field(default_factory=list)
+    zone_ids: list[str] = Field(default_factory=list)
+    max_s: float = Field(gt=0, le=7 * 86_400)
+    severity: Severity = "medium"
+
+    @model_validator(mode="after")
+    def _some_zone(self) -> DwellRule:
+        if not self.zones and not self.zone_ids:
+            raise ValueError("a dwell rule needs `zones` or `zone_ids`")
+        return self
+
+
+class SpeedRule(RuleBase):
+    """A vehicle faster than `limit_kmh` (cleared `hysteresis_kmh` below it)."""
+
+    kind: Literal["speed"]
+    limit_kmh: float = Field(gt=0, le=300)
+    hysteresis_kmh: float = Field(default=5.0, ge=0)
+    severity: Severity = "medium"
+
+
+class CameraOfflineRule(RuleBase):
+    """A camera offline for longer than `for_s` (from the video index's camera status events)."""
+
+    kind: Literal["camera_offline"]
+    for_s: float = Field(default=600.0, gt=0, le=7 * 86_400)
+    departments: list[str] = Field(default_factory=list)
+    severity: Severity = "low"
+
+
+AnyRule = (
+    ThresholdRule
+    | SilenceRule
+    | CorrelationRule
+    | ZoneRule
+    | RateRule
+    | ProjectionRule
+    | DurationRule
+    | CountRule
+    | CorridorRule
+    | DwellRule
+    | SpeedRule
+    | CameraOfflineRule
+)
+Rule = Annotated[AnyRule, Field(discriminator="kind")]
 RULE_ADAPTER: TypeAdapter[Rule] = TypeAdapter(Rule)
+RULE_KINDS = (
+    "threshold",
+    "silence",
+    "correlation",
+    "zone",
+    "rate",
+    "projection",
+    "duration",
+    "count",
+    "corridor",
+    "dwell",
+    "speed",
+    "camera_offline",
+)
 
 
-def parse_rule(data: Any) -> ThresholdRule | SilenceRule | CorrelationRule | ZoneRule:
+def parse_rule(data: Any) -> AnyRule:
     """A checked rule from JSON data; pydantic's ValidationError names the field at fault."""
     return RULE_ADAPTER.validate_python(data)
 
 
-def default_rules() -> list[ThresholdRule | SilenceRule | CorrelationRule | ZoneRule]:
+def default_rules() -> list[AnyRule]:
     """CONTRACT.md's 'out of the box' rules: a city with no config gets these."""
     return [
         parse_rule(data)

@@ -264,3 +264,124 @@ async def test_a_missing_attribute_is_shown_on_the_rule_never_a_crash(center: Ce
 
     assert "spillway_m" in (await eventually(shown))["res-x"]
     await one_incident(center, "reservoir-level", severity="high")  # the other rules went on
+
+
+async def reading_at(center: Center, device: str, ts: int, value: float, kind: str = "water_level") -> None:
+    await center.sensor.publish(f"city/sensors/{kind}/{device}", json.dumps({"ts": ts, "value": value}))
+
+
+async def fix_at(center: Center, vehicle: str, ts: int, lat: float, lon: float, speed: float | None = None) -> None:
+    body: dict[str, Any] = {"ts": ts, "lat": lat, "lon": lon}
+    if speed is not None:
+        body["speed_kmh"] = speed
+    await center.sensor.publish(f"city/vehicles/{vehicle}/gps", json.dumps(body))
+
+
+async def add_rule(center: Center, rule: dict[str, Any]) -> None:
+    made = await center.api.post("/api/rules", json={"name": rule["id"], "category": "test", **rule})
+    assert made.status_code == 201, made.text
+
+
+MINUTE = 60_000
+TRUCK = {
+    "id": "veh-1",
+    "kind": "vehicle",
+    "name": "危化品车",
+    "lat": 20.0,
+    "lon": 110.3,
+    "attributes": {"plate": "琼A·D0001", "category": "hazmat"},
+}
+
+
+@pytest.mark.parametrize(
+    ("rule", "readings"),
+    [
+        # A rise of 0.35 m within the hour (the level stays under warning).
+        ({"kind": "rate", "change": 0.3, "window_s": 3600}, [(-30, 20.0), (-10, 20.1), (0, 20.35)]),
+        # 1.5 m/h from 25.0: the danger level (26.8) is half an hour away, under the hour horizon.
+        (
+            {"kind": "projection", "level": {"severity": "critical", "attribute": "danger_level_m"}, "horizon_s": 3600},
+            [(-40, 25.0), (-20, 25.5), (0, 26.0)],
+        ),
+        # At or above warning for 15 minutes (over the 10 required).
+        (
+            {"kind": "duration", "test": {"attribute": "warning_level_m"}, "for_s": 600},
+            [(-15, 25.6), (-7, 25.7), (0, 25.8)],
+        ),
+        # Over 24 m three times within ten minutes.
+        (
+            {"kind": "count", "test": {"at": 24.0}, "times": 3, "window_s": 600},
+            [(-9, 24.5), (-6, 20.0), (-3, 24.2), (0, 24.1)],
+        ),
+    ],
+    ids=["rate", "projection", "duration", "count"],
+)
+async def test_series_rules_through_mqtt(city: Center, rule: dict[str, Any], readings: list[tuple[int, float]]) -> None:
+    await city.register(GAUGE)
+    await add_rule(city, {"id": "series", "scope": {"device_ids": ["res-1"]}, **rule})
+    now = now_ms()
+    for minutes, value in readings[:-1]:
+        await reading_at(city, "res-1", now + minutes * MINUTE, value)
+    await asyncio.sleep(0.3)
+    assert await incidents(city, rule_id="series") == [], "not before the last reading"
+    minutes, value = readings[-1]
+    await reading_at(city, "res-1", now + minutes * MINUTE, value)
+    raised = await one_incident(city, "series", status="open")
+    assert raised["device_ids"] == ["res-1"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "fixes"),
+    [
+        (
+            {"kind": "corridor", "route": [[20.010, 110.300], [20.005, 110.340], [19.995, 110.380]], "width_m": 200},
+            [(-2, 20.010, 110.300, 40.0), (-1, 20.0075, 110.320, 40.0), (0, 20.0200, 110.320, 40.0)],
+        ),
+        (
+            {
+                "kind": "dwell",
+                "max_s": 600,
+                "zones": [
+                    {
+                        "id": "z",
+                        "name": "铁炉水库",
+                        "polygon": [[19.90, 110.20], [19.90, 110.30], [19.95, 110.30], [19.95, 110.20]],
+                    }
+                ],
+            },
+            [(-15, 19.92, 110.25, 0.0), (-5, 19.92, 110.25, 0.0), (0, 19.921, 110.25, 0.0)],
+        ),
+        (
+            {"kind": "speed", "limit_kmh": 80},
+            [(-2, 20.0, 110.3, 60.0), (-1, 20.0, 110.31, 75.0), (0, 20.0, 110.32, 95.0)],
+        ),
+    ],
+    ids=["corridor", "dwell", "speed"],
+)
+async def test_vehicle_rules_through_mqtt(
+    city: Center, rule: dict[str, Any], fixes: list[tuple[int, float, float, float]]
+) -> None:
+    await city.register(TRUCK)
+    await add_rule(city, {"id": "vehicle", "scope": {"kinds": ["vehicle"], "categories": ["hazmat"]}, **rule})
+    now = now_ms()
+    for minutes, lat, lon, speed in fixes[:-1]:
+        await fix_at(city, "veh-1", now + minutes * MINUTE, lat, lon, speed)
+    await asyncio.sleep(0.3)
+    assert await incidents(city, rule_id="vehicle") == [], "not before the last fix"
+    minutes, lat, lon, speed = fixes[-1]
+    await fix_at(city, "veh-1", now + minutes * MINUTE, lat, lon, speed)
+    raised = await one_incident(city, "vehicle", status="open")
+    assert "琼A·D0001" in raised["title"]
+
+
+async def test_a_camera_offline_too_long_from_camera_events_on_the_bus(city: Center) -> None:
+    from kernel.events import CameraStatusChanged
+
+    await add_rule(city, {"id": "cams", "kind": "camera_offline", "for_s": 1})
+    await city.runtime.bus.publish(
+        CameraStatusChanged("cam-7", "offline", "online", "no frames in 5 s", now_ms(), 20.0, 110.3)
+    )
+    offline = await one_incident(city, "cams", status="open")
+    assert offline["camera_ids"] == ["cam-7"]
+    await city.runtime.bus.publish(CameraStatusChanged("cam-7", "online", "offline", "", now_ms()))
+    await one_incident(city, "cams", status="resolved")
