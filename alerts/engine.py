@@ -36,11 +36,13 @@ from kernel.events import (
     POSITION,
     READING,
     RULE_CHANGED,
+    SILENCE_CHANGED,
     CameraStatusChanged,
     DeviceChanged,
     Event,
     IncidentChanged,
     RuleChanged,
+    SilenceChanged,
 )
 from kernel.model import Device, DeviceStatus, Position, Reading, expected_interval_s
 from kernel.ports import Bus, DeviceRegistry, LiveState
@@ -66,7 +68,8 @@ from .domain.evaluate import (
     thresholds,
     zone_step,
 )
-from .domain.incidents import EscalationPolicy, HistoryEntry, Incident, escalate_by_time
+from .domain.hygiene import HygienePolicy, Silence, area_raise, flooded, is_flapping, recent, silenced
+from .domain.incidents import EscalationPolicy, HistoryEntry, Incident, escalate_by_time, resolve
 from .domain.rules import (
     AnyRule,
     CameraOfflineRule,
@@ -183,7 +186,10 @@ class RulesEngine:
         live: LiveState | None = None,
         options: EngineOptions | None = None,
         reload_rules: Callable[[], Awaitable[Sequence[AnyRule]]] | None = None,
+        hygiene: HygienePolicy | None = None,
+        load_silences: Callable[[], Awaitable[Sequence[Silence]]] | None = None,
     ) -> None:
+        self._load_silences = load_silences
         self._reload_rules = reload_rules
         self._bus = bus
         self._store = store
@@ -201,6 +207,15 @@ class RulesEngine:
         self._silences: dict[tuple[str, str], SilenceState] = {}
         self._zone_states: dict[tuple[str, str], ZoneState] = {}
         self._correlations: dict[str, CorrelationState] = {}
+        # Alarm hygiene (domain/hygiene.py): silences, raises they hold back, flapping, floods.
+        self._hygiene = hygiene or HygienePolicy()
+        self._silence_list: list[Silence] = []
+        self._held: dict[tuple[str, str], tuple[AnyRule, Raise]] = {}
+        self._open_keys: set[tuple[str, str]] = set()
+        self._raise_times: dict[tuple[str, str], list[int]] = {}
+        self._flapping: dict[tuple[str, str], str] = {}
+        self._flap_last: dict[tuple[str, str], int] = {}
+        self._grid_opened: dict[str, list[int]] = {}
         self._series: dict[tuple[str, str], SeriesState] = {}
         self._vehicles: dict[tuple[str, str], VehicleState] = {}
         self._cameras: dict[tuple[str, str], CameraState] = {}
@@ -269,7 +284,10 @@ class RulesEngine:
     async def start(self) -> None:
         self._started_ms = self._clock.now_ms()
         self._devices = {d.id: d for d in await self._registry.list(limit=10**9)}
-        self._rebuild(await self._store.open_incidents())
+        open_now = await self._store.open_incidents()
+        self._rebuild(open_now)
+        self._open_keys = {(i.rule_id, i.subject) for i in open_now}
+        await self.reload_silences()
         self._tasks = [
             asyncio.create_task(self._consume(), name="rules-consume"),
             asyncio.create_task(self._ticks(), name="rules-ticks"),
@@ -539,16 +557,67 @@ class RulesEngine:
                     # Part of a correlated incident already (fire risk): not an incident of its own.
                     self.counts["absorbed"] += 1
                     continue
-                incident, changed = await self._store.raised(change, rule.category)
-                if changed:
-                    self.counts["raised"] += 1
-                    opened = incident.opened_at_ms == incident.updated_at_ms
-                    await self._publish(incident, "opened" if opened else "updated")
+                await self._raise(rule, change)
             else:
-                cleared = await self._store.cleared(change, rule.resolve)
+                key = (rule.id, change.subject)
+                self._held.pop(key, None)
+                flapping = key in self._flapping
+                if flapping:
+                    self._flap_last[key] = self._clock.now_ms()
+                # A flapping incident stays open through clears: one incident, not a stream of them.
+                cleared = await self._store.cleared(change, "manual" if flapping else rule.resolve)
                 if cleared is not None:
                     self.counts["cleared"] += 1
+                    if cleared.status == "resolved":
+                        self._open_keys.discard(key)
                     await self._publish(cleared, "cleared")
+
+    async def _raise(self, rule: AnyRule, change: Raise) -> None:
+        """A raise past the hygiene checks: silences, flood control by area, flapping."""
+        now = self._clock.now_ms()
+        key = (rule.id, change.subject)
+        if silenced(self._silence_list, change, now) is not None:
+            # Held back, not forgotten: raised when the silence ends if the condition still holds.
+            self._held[key] = (rule, change)
+            self.counts["silenced"] += 1
+            return
+        grid = change.grid_id
+        if key not in self._open_keys and grid is not None:
+            opened_here = self._grid_opened.setdefault(grid, [])
+            opened_here[:] = recent(opened_here, now, self._hygiene.flood_window_s)
+            if flooded(opened_here, now, self._hygiene):
+                area = area_raise(change, len(opened_here))
+                incident, changed = await self._store.raised(area, "area")
+                self.counts["flood_grouped"] += 1
+                if changed:
+                    await self._publish(incident, "updated")
+                return
+        incident, changed = await self._store.raised(change, rule.category)
+        if not changed:
+            return
+        self.counts["raised"] += 1
+        opened = incident.opened_at_ms == incident.updated_at_ms and key not in self._open_keys
+        self._open_keys.add(key)
+        await self._publish(incident, "opened" if opened else "updated")
+        if not opened:
+            return
+        if grid is not None:
+            self._grid_opened.setdefault(grid, []).append(now)
+        raises = self._raise_times.setdefault(key, [])
+        raises[:] = [*recent(raises, now, self._hygiene.flap_window_s), now]
+        if key not in self._flapping and is_flapping(raises, now, self._hygiene):
+            self._flapping[key] = incident.id
+            self._flap_last[key] = now
+            self.counts["flapping"] += 1
+
+            def mark(current: Incident) -> tuple[Incident, HistoryEntry]:
+                detail = f"raised {len(raises)} times within {self._hygiene.flap_window_s / 60:g} min"
+                flagged = replace(current, title=f"{current.title} [频繁波动 flapping]", updated_at_ms=now)
+                return flagged, HistoryEntry(current.id, now, "alarm hygiene", "flapping", detail)
+
+            marked = await self._store.act(incident.id, mark)
+            if marked is not None:
+                await self._publish(marked, "flapping")
 
     async def _publish(self, incident: Incident, change: str) -> None:
         await self._bus.publish(incident_event(incident, change))
@@ -598,9 +667,38 @@ class RulesEngine:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("rules: tick failed")
 
+    async def reload_silences(self) -> None:
+        if self._load_silences is not None:
+            self._silence_list = list(await self._load_silences())
+
+    async def _hygiene_tick(self, now_ms: int) -> None:
+        for key, (rule, held) in list(self._held.items()):
+            if silenced(self._silence_list, held, now_ms) is None:
+                del self._held[key]
+                await self._raise(rule, replace(held, at_ms=now_ms))
+        for key, incident_id in list(self._flapping.items()):
+            if now_ms - self._flap_last.get(key, now_ms) < self._hygiene.flap_quiet_s * 1000:
+                continue
+            del self._flapping[key]
+            self._raise_times.pop(key, None)
+
+            def settle(current: Incident) -> tuple[Incident, HistoryEntry]:
+                if not current.cleared or current.status == "resolved":
+                    raise _NothingToDo
+                return resolve(current, "alarm hygiene", now_ms, "stable again after flapping")
+
+            try:
+                done = await self._store.act(incident_id, settle)
+            except _NothingToDo:
+                continue
+            if done is not None:
+                self._open_keys.discard(key)
+                await self._publish(done, "resolved")
+
     async def tick(self, now_ms: int) -> None:
         """Silence: devices quiet for too long (confirmed against the shared live state); cameras
-        offline for too long."""
+        offline for too long; raises a silence held back; flapping incidents gone quiet."""
+        await self._hygiene_tick(now_ms)
         for (rule_id, camera_id), camera in list(self._cameras.items()):
             rule = self._rule(rule_id)
             if isinstance(rule, CameraOfflineRule):
@@ -651,11 +749,16 @@ class RulesEngine:
     # --- other processes' incidents ----------------------------------------------------------------
 
     async def _follow(self) -> None:
-        sub = self._bus.live([INCIDENT_CHANGED, RULE_CHANGED])
+        sub = self._bus.live([INCIDENT_CHANGED, RULE_CHANGED, SILENCE_CHANGED])
         try:
             async for event in sub:
                 if isinstance(event, IncidentChanged):
                     self.sync(event)
+                elif isinstance(event, SilenceChanged):
+                    try:
+                        await self.reload_silences()
+                    except Exception:
+                        log.exception("cannot reload the silences; keeping the ones in use")
                 elif isinstance(event, RuleChanged) and self._reload_rules is not None:
                     try:
                         self.set_rules(await self._reload_rules())
@@ -668,8 +771,11 @@ class RulesEngine:
     def sync(self, event: IncidentChanged) -> None:
         """Keep states in step with incidents raised or cleared by another rules process."""
         if event.status == "resolved":
+            self._open_keys.discard((event.rule_id, event.subject))
             for device_id in [d for d, incident_id in self._absorbed.items() if incident_id == event.id]:
                 del self._absorbed[device_id]
+        elif event.subject:
+            self._open_keys.add((event.rule_id, event.subject))
         rule = self._rule(event.rule_id)
         if rule is None or not event.subject:
             return
@@ -711,6 +817,9 @@ class RulesEngine:
             "cleared": self.counts["cleared"],
             "escalated": self.counts["escalated"],
             "problems": self.counts["problems"],
+            "silenced": self.counts["silenced"],
+            "flapping": self.counts["flapping"],
+            "flood_grouped": self.counts["flood_grouped"],
             "last_error": self.last_error,
         }
 

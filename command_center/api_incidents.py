@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from alerts.domain.hygiene import Silence
 from alerts.domain.incidents import HistoryEntry, Incident, TransitionError, acknowledge, escalate, resolve
 from alerts.domain.rules import RULE_KINDS, AnyRule, parse_rule
 from alerts.engine import incident_event
-from kernel.clock import to_iso
+from kernel.clock import parse_time, to_iso
 from kernel.errors import StoreError
-from kernel.events import RuleChanged
+from kernel.events import RuleChanged, SilenceChanged
 
 from .auth import Principal
 from .runtime import Runtime, effective_rules
@@ -60,6 +62,32 @@ class ActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     note: str = Field(default="", max_length=2000)
     to_tier: int | None = Field(default=None, ge=2, le=3)
+
+
+class SilenceBody(BaseModel):
+    """A maintenance window: no new incidents for what it names, from `start` (default now) to `end`."""
+
+    model_config = ConfigDict(extra="forbid")
+    device_ids: list[str] = Field(default_factory=list, max_length=10_000)
+    grid_ids: list[str] = Field(default_factory=list, max_length=10_000)
+    rule_ids: list[str] = Field(default_factory=list, max_length=1000)
+    start: str | None = None
+    end: str | None = None
+    duration_s: float | None = Field(default=None, gt=0, le=30 * 86_400)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+def silence_json(silence: Silence) -> dict[str, Any]:
+    return {
+        "id": silence.id,
+        "device_ids": list(silence.device_ids),
+        "grid_ids": list(silence.grid_ids),
+        "rule_ids": list(silence.rule_ids),
+        "start": to_iso(silence.starts_at_ms),
+        "end": to_iso(silence.ends_at_ms),
+        "reason": silence.reason,
+        "created_by": silence.created_by,
+    }
 
 
 def _rule_error(exc: ValidationError) -> RequestValidationError:
@@ -199,5 +227,70 @@ def incident_routes(
     @api.post("/rules/{rule_id}/enable", dependencies=[writer])
     async def enable_rule(rule_id: str) -> dict[str, Any]:
         return await switch(rule_id, True)
+
+    # --- silences (maintenance windows) ------------------------------------------------------
+
+    async def silences_changed(silence_id: str) -> None:
+        if runtime.rules_engine is not None:
+            await runtime.rules_engine.reload_silences()
+        with contextlib.suppress(StoreError):  # saved already: other processes reload at their start
+            await runtime.bus.publish(SilenceChanged(silence_id, clock.now_ms()))
+
+    def when(name: str, raw: str) -> int:
+        try:
+            return parse_time(raw)
+        except ValueError as exc:
+            loc = ("body", name)
+            raise RequestValidationError(
+                [{"loc": loc, "msg": "ISO-8601 with an offset", "type": "value_error"}]
+            ) from exc
+
+    @api.post("/silences", status_code=201)
+    async def add_silence(body: SilenceBody, who: Principal = writer) -> dict[str, Any]:
+        now = clock.now_ms()
+        start = when("start", body.start) if body.start else now
+        if body.end is not None:
+            end = when("end", body.end)
+        elif body.duration_s is not None:
+            end = start + int(body.duration_s * 1000)
+        else:
+            raise RequestValidationError(
+                [{"loc": ("body", "end"), "msg": "give `end` or `duration_s`", "type": "missing"}]
+            )
+        if end <= start:
+            raise RequestValidationError(
+                [{"loc": ("body", "end"), "msg": "the end is not after the start", "type": "value_error"}]
+            )
+        if end - start > 30 * 86_400_000:
+            raise RequestValidationError(
+                [{"loc": ("body", "end"), "msg": "a silence lasts 30 days at most", "type": "value_error"}]
+            )
+        if not (body.device_ids or body.grid_ids or body.rule_ids):
+            msg = "name the devices, grids or rules to silence (silencing everything is refused)"
+            raise RequestValidationError([{"loc": ("body", "device_ids"), "msg": msg, "type": "value_error"}])
+        silence = Silence(
+            "sil-" + secrets.token_hex(6),
+            tuple(body.device_ids),
+            tuple(body.grid_ids),
+            tuple(body.rule_ids),
+            start,
+            end,
+            body.reason,
+            who.name,
+        )
+        await store.add_silence(silence, now)
+        await silences_changed(silence.id)
+        return silence_json(silence)
+
+    @api.get("/silences", dependencies=[anyone])
+    async def list_silences(all: bool = False) -> list[dict[str, Any]]:
+        return [silence_json(s) for s in await store.silences(None if all else clock.now_ms())]
+
+    @api.delete("/silences/{silence_id}", status_code=204, dependencies=[writer])
+    async def remove_silence(silence_id: str) -> Response:
+        if not await store.remove_silence(silence_id):
+            raise HTTPException(404, f"no silence {silence_id!r}")
+        await silences_changed(silence_id)
+        return Response(status_code=204)
 
     return api

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, text
 
 from alerts.adapters.incidents_sql import SqlIncidents
+from alerts.domain.hygiene import HygienePolicy
+from alerts.domain.incidents import EscalationPolicy
 from alerts.domain.rules import AnyRule, parse_rule
 from alerts.engine import EngineOptions, RulesEngine
 from iot_gateway.adapters.broker_amqtt import EmbeddedBroker
@@ -142,6 +144,7 @@ async def effective_rules(runtime: Runtime) -> list[AnyRule]:
 
 async def start_rules(runtime: Runtime) -> RulesEngine:
     """The rules engine in this process (`cityops run`, or the `cityops rules` process)."""
+    settings = runtime.settings
     engine = RulesEngine(
         bus=runtime.bus,
         store=runtime.incidents,
@@ -151,8 +154,21 @@ async def start_rules(runtime: Runtime) -> RulesEngine:
         city_zones=city_zones(runtime.city),
         city_routes=runtime.city.routes if runtime.city is not None else {},
         live=runtime.live,
-        options=EngineOptions(tick_s=runtime.settings.rules_tick_s),
+        options=EngineOptions(tick_s=settings.rules_tick_s, escalation_every_s=min(5.0, 5 * settings.rules_tick_s)),
         reload_rules=lambda: effective_rules(runtime),
+        load_silences=lambda: runtime.incidents.silences(runtime.clock.now_ms()),
+        policy=EscalationPolicy(
+            critical_to_tier2_s=settings.escalation_critical_to_tier2_s,
+            critical_to_tier3_s=settings.escalation_critical_to_tier3_s,
+            high_to_tier2_s=settings.escalation_high_to_tier2_s,
+        ),
+        hygiene=HygienePolicy(
+            flap_max=settings.flap_max,
+            flap_window_s=settings.flap_window_s,
+            flap_quiet_s=settings.flap_quiet_s,
+            flood_max=settings.flood_max,
+            flood_window_s=settings.flood_window_s,
+        ),
     )
     await engine.start()
     runtime.rules_engine = engine

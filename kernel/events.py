@@ -35,6 +35,7 @@ INCIDENT_CHANGED: Final = "incident.changed"
 TICKET_CHANGED: Final = "ticket.changed"
 CAMERA_STATUS: Final = "camera.status"
 RULE_CHANGED: Final = "rule.changed"
+SILENCE_CHANGED: Final = "silence.changed"
 
 Severity = Literal["low", "medium", "high", "critical"]
 IncidentStatus = Literal["open", "acknowledged", "resolved"]
@@ -150,6 +151,19 @@ class RuleChanged:
         return self.rule_id
 
 
+@dataclass(frozen=True, slots=True)
+class SilenceChanged:
+    """A silence (maintenance window) was made or removed: rules processes reload them."""
+
+    TOPIC: ClassVar[str] = SILENCE_CHANGED
+    silence_id: str
+    at_ms: int
+
+    @property
+    def key(self) -> str:
+        return self.silence_id
+
+
 Event = (
     Reading
     | Position
@@ -159,6 +173,7 @@ Event = (
     | TicketChanged
     | CameraStatusChanged
     | RuleChanged
+    | SilenceChanged
 )
 
 EVENT_TYPES: Final[dict[str, type[Any]]] = {
@@ -170,6 +185,7 @@ EVENT_TYPES: Final[dict[str, type[Any]]] = {
     TICKET_CHANGED: TicketChanged,
     CAMERA_STATUS: CameraStatusChanged,
     RULE_CHANGED: RuleChanged,
+    SILENCE_CHANGED: SilenceChanged,
 }
 TOPICS: Final = tuple(EVENT_TYPES)
 
@@ -310,6 +326,7 @@ __all__ = [
     "READING",
     "RULE_CHANGED",
     "SCHEMA_VERSION",
+    "SILENCE_CHANGED",
     "TICKET_CHANGED",
     "TOPICS",
     "CameraStatusChanged",
@@ -318,6 +335,7 @@ __all__ = [
     "EventDecodeError",
     "IncidentChanged",
     "RuleChanged",
+    "SilenceChanged",
     "TicketChanged",
     "decode",
     "decode_one",

@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     registry_refresh_s: float = Field(default=30.0, gt=0)
     # How often the rules engine looks at the time (silence, escalation by time unacknowledged).
     rules_tick_s: float = Field(default=1.0, gt=0)
+    # Escalation by time left unacknowledged (seconds): critical to tier 2, then 3; high to tier 2.
+    escalation_critical_to_tier2_s: float = Field(default=600.0, gt=0)
+    escalation_critical_to_tier3_s: float = Field(default=1800.0, gt=0)
+    escalation_high_to_tier2_s: float = Field(default=1800.0, gt=0)
+    # Alarm hygiene: flapping (raises within a window), flood control (new incidents per grid).
+    flap_max: int = Field(default=4, ge=2)
+    flap_window_s: float = Field(default=3600.0, gt=0)
+    flap_quiet_s: float = Field(default=900.0, gt=0)
+    flood_max: int = Field(default=10, ge=2)
+    flood_window_s: float = Field(default=600.0, gt=0)
     # How long a stop waits for the stores to take what was received; what is left then stays
     # unacknowledged, and the broker delivers it again to the next gateway.
     shutdown_write_timeout_s: float = Field(default=30.0, gt=0)

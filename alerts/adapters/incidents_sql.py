@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    delete,
     func,
     insert,
     select,
@@ -40,6 +41,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from kernel.errors import StoreError
 
 from ..domain.evaluate import Clear, Raise
+from ..domain.hygiene import Silence
 from ..domain.incidents import HistoryEntry, Incident, actor_of, clear_incident, open_incident, update_incident
 
 metadata = MetaData()
@@ -87,6 +89,20 @@ rules = Table(
     Column("id", String(64), primary_key=True),
     Column("spec", JSON, nullable=False),
     Column("updated_at_ms", BigInteger, nullable=False),
+)
+
+silences = Table(
+    "silences",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("device_ids", JSON, nullable=False),
+    Column("grid_ids", JSON, nullable=False),
+    Column("rule_ids", JSON, nullable=False),
+    Column("starts_at_ms", BigInteger, nullable=False),
+    Column("ends_at_ms", BigInteger, nullable=False, index=True),
+    Column("reason", Text, nullable=False),
+    Column("created_by", String(100), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
 )
 
 SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
@@ -197,6 +213,16 @@ class SqlIncidents:
 
     async def open_incidents(self) -> builtins.list[Incident]:
         return await asyncio.to_thread(self._open)
+
+    async def add_silence(self, silence: Silence, now_ms: int) -> None:
+        await asyncio.to_thread(self._add_silence, silence, now_ms)
+
+    async def silences(self, ending_after_ms: int | None = None) -> builtins.list[Silence]:
+        """Silences not yet over at `ending_after_ms` (every one when None), soonest start first."""
+        return await asyncio.to_thread(self._silences, ending_after_ms)
+
+    async def remove_silence(self, silence_id: str) -> bool:
+        return await asyncio.to_thread(self._remove_silence, silence_id)
 
     async def saved_rules(self) -> builtins.list[dict[str, Any]]:
         return await asyncio.to_thread(self._saved_rules)
@@ -380,6 +406,54 @@ class SqlIncidents:
     def count(self) -> int:
         with self._engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(incidents)).scalar_one())
+
+    def _add_silence(self, silence: Silence, now_ms: int) -> None:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    insert(silences).values(
+                        id=silence.id,
+                        device_ids=list(silence.device_ids),
+                        grid_ids=list(silence.grid_ids),
+                        rule_ids=list(silence.rule_ids),
+                        starts_at_ms=silence.starts_at_ms,
+                        ends_at_ms=silence.ends_at_ms,
+                        reason=silence.reason,
+                        created_by=silence.created_by[:100],
+                        created_at_ms=now_ms,
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot save silence: {exc}") from exc
+
+    def _silences(self, ending_after_ms: int | None) -> builtins.list[Silence]:
+        query = select(silences).order_by(silences.c.starts_at_ms, silences.c.id)
+        if ending_after_ms is not None:
+            query = query.where(silences.c.ends_at_ms > ending_after_ms)
+        try:
+            with self._engine.connect() as conn:
+                return [
+                    Silence(
+                        r.id,
+                        tuple(r.device_ids),
+                        tuple(r.grid_ids),
+                        tuple(r.rule_ids),
+                        r.starts_at_ms,
+                        r.ends_at_ms,
+                        r.reason,
+                        r.created_by,
+                    )
+                    for r in conn.execute(query)
+                ]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read silences: {exc}") from exc
+
+    def _remove_silence(self, silence_id: str) -> bool:
+        try:
+            with self._engine.begin() as conn:
+                return bool(conn.execute(delete(silences).where(silences.c.id == silence_id)).rowcount)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot remove silence: {exc}") from exc
 
     def _saved_rules(self) -> builtins.list[dict[str, Any]]:
         try:

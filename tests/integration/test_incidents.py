@@ -385,3 +385,119 @@ async def test_a_camera_offline_too_long_from_camera_events_on_the_bus(city: Cen
     assert offline["camera_ids"] == ["cam-7"]
     await city.runtime.bus.publish(CameraStatusChanged("cam-7", "online", "offline", "", now_ms()))
     await one_incident(city, "cams", status="resolved")
+
+
+@pytest.fixture(params=["embedded", "production"])
+async def strict(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Center]:
+    """A center whose hygiene and escalation act within seconds."""
+    async with open_center(
+        request,
+        tmp_path,
+        request.param,
+        rules_tick_s=0.1,
+        flap_max=3,
+        flap_window_s=60,
+        flap_quiet_s=1,
+        flood_max=3,
+        flood_window_s=60,
+        escalation_critical_to_tier2_s=0.5,
+        escalation_critical_to_tier3_s=1.0,
+    ) as started:
+        yield started
+
+
+async def test_a_silence_holds_back_new_incidents_until_it_ends(strict: Center) -> None:
+    await strict.register(GAUGE)
+    made = await strict.api.post("/api/silences", json={"device_ids": ["res-1"], "duration_s": 1.5, "reason": "检修"})
+    assert made.status_code == 201, made.text
+    assert [s["id"] for s in (await strict.api.get("/api/silences")).json()] == [made.json()["id"]]
+    await send(strict, "water_level", "res-1", value=26.0)
+    await asyncio.sleep(0.6)
+    assert await incidents(strict) == [], "silenced: maintenance"
+    # When the silence ends and the level is still high, the incident comes.
+    late = await one_incident(strict, "reservoir-level", status="open")
+    assert late["severity"] == "high"
+
+
+async def test_silence_refusals_and_removal(strict: Center) -> None:
+    bad = [
+        ({"reason": "x", "duration_s": 60}, ["body", "device_ids"]),
+        ({"device_ids": ["a"], "reason": "x"}, ["body", "end"]),
+        (
+            {
+                "device_ids": ["a"],
+                "reason": "x",
+                "start": "2026-11-23T10:00:00+08:00",
+                "end": "2026-11-23T09:00:00+08:00",
+            },
+            ["body", "end"],
+        ),
+        ({"device_ids": ["a"], "reason": "x", "end": "tomorrow"}, ["body", "end"]),
+        ({"device_ids": ["a"], "reason": "x", "duration_s": 40 * 86_400}, ["body", "duration_s"]),
+        ({"device_ids": ["a"], "duration_s": 60}, ["body", "reason"]),
+    ]
+    for body, loc in bad:
+        answer = await strict.api.post("/api/silences", json=body)
+        assert answer.status_code == 422, (body, answer.text)
+        assert loc in [e["loc"] for e in answer.json()["detail"]], (body, answer.json())
+    assert (await strict.api.get("/api/silences")).json() == []
+    made = (await strict.api.post("/api/silences", json={"grid_ids": ["g-1"], "duration_s": 600, "reason": "x"})).json()
+    assert (await strict.api.delete(f"/api/silences/{made['id']}")).status_code == 204
+    assert (await strict.api.delete(f"/api/silences/{made['id']}")).status_code == 404
+    assert (await strict.api.get("/api/silences")).json() == []
+
+
+async def test_a_flapping_gauge_is_one_incident_not_a_stream(strict: Center) -> None:
+    await strict.register(GAUGE)
+    for _ in range(6):
+        await send(strict, "water_level", "res-1", value=26.0)
+        await send(strict, "water_level", "res-1", value=20.0)
+    await asyncio.sleep(0.5)
+    listed = await incidents(strict, rule_id="reservoir-level")
+    assert len(listed) == 3, "three raises make it flapping; after that, no new incident"
+    flapping = [i for i in listed if "flapping" in i["title"]]
+    assert len(flapping) == 1
+    assert flapping[0]["status"] == "open", "a flapping incident stays open through clears"
+    # Quiet for longer than flap_quiet_s, and cleared: it resolves by itself.
+    done = await one_incident(strict, "reservoir-level", id=flapping[0]["id"], status="resolved")
+    history = [h["action"] for h in (await strict.api.get(f"/api/incidents/{done['id']}")).json()["history"]]
+    assert "flapping" in history
+
+
+async def test_a_flood_of_alarms_in_one_grid_becomes_one_area_incident(strict: Center) -> None:
+    for n in range(8):
+        await strict.register(
+            {
+                "id": f"gas-f{n}",
+                "kind": "gas",
+                "name": f"gas {n}",
+                "lat": 20.0,
+                "lon": 110.0 + n * 0.01,
+                "grid_id": "g-7",
+            }
+        )
+    for n in range(8):
+        await send(strict, "gas", f"gas-f{n}", value=25.0)
+    area = await one_incident(strict, "area-flood", status="open")
+    assert area["grid_id"] == "g-7"
+
+    async def all_listed() -> bool:
+        got = (await strict.api.get(f"/api/incidents/{area['id']}")).json()
+        return len(got["device_ids"]) == 5
+
+    await eventually(all_listed)
+    own = await incidents(strict, rule_id="gas-leak")
+    assert len(own) == 3, "the first three have their own incidents; the rest joined the area incident"
+
+
+async def test_a_critical_incident_left_unacknowledged_climbs_the_tiers(strict: Center) -> None:
+    await strict.register(GAUGE)
+    await send(strict, "water_level", "res-1", value=27.0)
+    incident = await one_incident(strict, "reservoir-level", severity="critical")
+    await one_incident(strict, "reservoir-level", id=incident["id"], escalation_tier=3)
+    history = (await strict.api.get(f"/api/incidents/{incident['id']}")).json()["history"]
+    escalations = [h for h in history if h["action"] == "escalated"]
+    # Tier 2 after 0.5 s, tier 3 after 1 s: one step or two, depending on when the check ran.
+    assert 1 <= len(escalations) <= 2
+    assert {h["who"] for h in escalations} == {"escalation policy"}
+    assert escalations[-1]["detail"].endswith("-> 3: unacknowledged too long")

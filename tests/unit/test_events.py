@@ -13,6 +13,7 @@ from kernel.events import (
     EventDecodeError,
     IncidentChanged,
     RuleChanged,
+    SilenceChanged,
     TicketChanged,
     decode,
     encode,
@@ -29,6 +30,7 @@ SAMPLES = [
     TicketChanged("t", "N-1", "created", "new", "sensor", "flood", "urgent", 7, camera_ids=("c1", "c2")),
     CameraStatusChanged("c1", "degraded", "online", "frozen picture", 8),
     RuleChanged("gas-leak", 9),
+    SilenceChanged("sil-1", 10),
 ]
 
 
