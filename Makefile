@@ -32,6 +32,7 @@ test: system-deps $(STAMP) lint
 bench: system-deps $(STAMP)
 	$(BIN)/python -m bench.bus
 	$(BIN)/python -m bench.rules
+	$(BIN)/python -m bench.incident_latency
 	$(BIN)/python -m bench.ingest
 
 clean:
