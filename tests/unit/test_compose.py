@@ -53,7 +53,7 @@ def test_every_service_has_a_health_check_and_the_broker_is_locked_down() -> Non
     assert {name for name, spec in services.items() if "healthcheck" not in spec} == {"migrate"}
     assert services["migrate"]["command"] == ["cityops", "migrate"]
     assert services["migrate"]["restart"] == "no"
-    for name in ("gateway-1", "gateway-2", "api"):
+    for name in ("gateway-1", "gateway-2", "rules-1", "api"):
         assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
         # Split over Redis: every process has the bus.
         assert services[name]["environment"]["CITYOPS_REDIS_URL"] == "redis://redis:6379/0"
