@@ -17,7 +17,6 @@ looks silent here is checked against the shared live state before it is called s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -230,6 +229,7 @@ class RulesEngine:
         self._tasks: list[asyncio.Task[None]] = []
         self.counts: Counter[str] = Counter()
         self.events = 0
+        self._stopping = False
         self.problems: dict[str, dict[str, str]] = {}
         self.last_error: str | None = None
         self.set_rules(rules)
@@ -296,11 +296,14 @@ class RulesEngine:
         log.info("rules engine %s started: %d rules, %d devices", self._opts.name, len(self._rules), len(self._devices))
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Each loop also ends on `_stopping`; a task that does not stop within 10 s is logged and
+        # left behind rather than holding the whole process's shutdown.
+        _done, stuck = await asyncio.wait(self._tasks, timeout=10)
+        for task in stuck:
+            log.error("rules engine task %s did not stop", task.get_name())
         self._tasks = []
 
     def _rebuild(self, open_incidents: Sequence[Incident]) -> None:
@@ -348,7 +351,7 @@ class RulesEngine:
         )
         attempt = 0
         try:
-            while True:
+            while not self._stopping:
                 try:
                     for item in await consumer.read(count=20, block_s=1.0):
                         # The same entry again until it is processed: nothing is skipped on a failure.

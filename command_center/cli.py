@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import io
 import json
 import logging
 import signal
@@ -90,6 +91,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dump_tasks_on_sigusr1() -> None:
+    """`kill -USR1 PID` logs every asyncio task's stack: what a stuck process waits for."""
+
+    def dump() -> None:
+        out = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=8, file=out)
+        log.warning("asyncio tasks on SIGUSR1:\n%s", out.getvalue())
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
+
+
 def _quiet_signals() -> None:
     # uvicorn re-raises the signal it caught once it has shut down; with these in place that
     # re-raise is harmless, so our own shutdown (flushing the gateway) runs to the end.
@@ -110,6 +123,7 @@ def _settle_memory() -> None:
 
 
 async def _serve(settings: Settings, *, ingest: bool = True) -> None:
+    _dump_tasks_on_sigusr1()
     # `run` is the all-in-one: it brings its own database's schema up to date; `api` is one
     # production process among several and needs `cityops migrate` to have run.
     runtime = await start_runtime(settings, SystemClock(), ingest=ingest, rules=ingest, migrate_schema=ingest)

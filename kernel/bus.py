@@ -93,7 +93,10 @@ class MemoryLiveSubscription:
         if not self._waiting and not self.closed:
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+                # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation
+                # that comes as the wait ends, and a consumer loop then never stops (seen at shutdown).
+                async with asyncio.timeout(timeout_s):
+                    await self._ready.wait()
             except TimeoutError:
                 return []
         waiting = self._waiting
@@ -147,7 +150,8 @@ class MemoryConsumer:
                 return out
             waker = self._bus._published
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waker.wait(), min(remaining, max(self._claim_idle_s / 2, 0.01)))
+                async with asyncio.timeout(min(remaining, max(self._claim_idle_s / 2, 0.01))):
+                    await waker.wait()
 
     def _collect(self, count: int) -> list[Delivered]:
         out: list[Delivered] = []

@@ -118,7 +118,8 @@ class RedisLiveSubscription:
         if not self._waiting and not self.closed:
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):  # not wait_for: see kernel/bus.py
+                    await self._ready.wait()
             except TimeoutError:
                 return []
         keys = list(self._waiting)[:max_events]
