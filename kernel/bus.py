@@ -69,12 +69,10 @@ class _Stream:
         return next(iter(self.entries), self.next_number)
 
 
-class MemoryLiveSubscription:
-    """One subscriber's latest-per-entity mailbox."""
+class LatestMailbox:
+    """One subscriber's latest-per-entity mailbox (the live fan-out of both buses)."""
 
-    def __init__(self, bus: MemoryBus, topics: Sequence[str]) -> None:
-        self._bus = bus
-        self.topics = frozenset(topics)
+    def __init__(self) -> None:
         self._waiting: dict[tuple[str, str], Event] = {}
         self._ready = asyncio.Event()
         self.replaced = 0
@@ -107,6 +105,15 @@ class MemoryLiveSubscription:
         while not self.closed or self._waiting:
             for event in await self.take():
                 yield event
+
+
+class MemoryLiveSubscription(LatestMailbox):
+    """A live subscription in this process: the bus offers it each event of its topics."""
+
+    def __init__(self, bus: MemoryBus, topics: Sequence[str]) -> None:
+        super().__init__()
+        self._bus = bus
+        self.topics = frozenset(topics)
 
     async def close(self) -> None:
         if not self.closed:

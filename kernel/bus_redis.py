@@ -20,13 +20,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from kernel.bus import DEFAULT_CLAIM_IDLE_S, DEFAULT_STREAM_MAX_ENTRIES, chunks
+from kernel.bus import DEFAULT_CLAIM_IDLE_S, DEFAULT_STREAM_MAX_ENTRIES, LatestMailbox, chunks
 from kernel.errors import StoreError
 from kernel.events import SCHEMA_VERSION, TOPICS, Event, EventDecodeError, decode, decode_one, encode_each, join
 from kernel.ports import Delivered
@@ -39,28 +39,18 @@ _FIELD = b"e"
 _MAX_BLOCK_S = 10.0
 
 
-class RedisLiveSubscription:
+class RedisLiveSubscription(LatestMailbox):
     """Latest-per-entity mailbox fed from Redis pub/sub, with a re-read of the latest hash on reconnect."""
 
     def __init__(self, bus: RedisBus, topics: Sequence[str], snapshot: bool) -> None:
+        super().__init__()
         self._bus = bus
         self._topics = tuple(topics)
         self._channels = [bus.channel(t) for t in self._topics]
-        self._waiting: dict[tuple[str, str], Event] = {}
-        self._ready = asyncio.Event()
         self._resync_first = snapshot
-        self.replaced = 0
         self.resyncs = 0
-        self.closed = False
         self.subscribed = asyncio.Event()
         self._task = asyncio.create_task(self._pump(), name="bus-live")
-
-    def _offer(self, event: Event) -> None:
-        key = (event.TOPIC, event.key)
-        if key in self._waiting:
-            self.replaced += 1
-        self._waiting[key] = event
-        self._ready.set()
 
     def _offer_raw(self, raw: bytes) -> None:
         try:
@@ -70,12 +60,12 @@ class RedisLiveSubscription:
             log.warning("live fan-out: skipped a message that is not an event batch (%s)", exc)
             return
         for event in events:
-            self._offer(event)
+            self.offer(event)
 
     async def _resync(self) -> None:
         for topic in self._topics:
             for event in (await self._bus.latest(topic)).values():
-                self._offer(event)
+                self.offer(event)
         self.resyncs += 1
 
     async def _pump(self) -> None:
@@ -113,22 +103,6 @@ class RedisLiveSubscription:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-
-    async def take(self, max_events: int = 1000, timeout_s: float | None = None) -> list[Event]:
-        if not self._waiting and not self.closed:
-            self._ready.clear()
-            try:
-                async with asyncio.timeout(timeout_s):  # not wait_for: see kernel/bus.py
-                    await self._ready.wait()
-            except TimeoutError:
-                return []
-        keys = list(self._waiting)[:max_events]
-        return [self._waiting.pop(k) for k in keys]
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        while not self.closed or self._waiting:
-            for event in await self.take():
-                yield event
 
     async def close(self) -> None:
         if self.closed:
