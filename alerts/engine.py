@@ -401,6 +401,9 @@ class RulesEngine:
         )
         step, seen, correlate = threshold_step, silence_seen, correlation_step
         self.events += len(events)
+        # Silence is about hearing from a device: the arrival time counts, not the reading's own
+        # time (a backlog of old readings shows the device is alive; it must not raise silence).
+        arrived = self._clock.now_ms()
         for event in events:
             if type(event) is not Reading:
                 await self._handle_other(event)
@@ -419,7 +422,7 @@ class RulesEngine:
                         await self._apply(rule, changes)
                     levels[key] = level
                 elif code == _SILENCE:
-                    silence, changes = seen(rule, silences.get(key, _QUIET), device, event.ts_ms)
+                    silence, changes = seen(rule, silences.get(key, _QUIET), device, arrived)
                     if changes:
                         await self._apply(rule, changes)
                     silences[key] = silence
@@ -484,7 +487,7 @@ class RulesEngine:
             if isinstance(event, DeviceStatus):
                 new, changes = silence_status(rule, state, device, event)
             else:
-                new, changes = silence_seen(rule, state, device, event.ts_ms)
+                new, changes = silence_seen(rule, state, device, max(event.ts_ms, self._clock.now_ms()))
             await self._apply(rule, changes)
             self._silences[key] = new
         elif isinstance(rule, CorrelationRule) and isinstance(event, Reading):
