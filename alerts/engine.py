@@ -284,7 +284,7 @@ class RulesEngine:
 
     async def start(self) -> None:
         self._started_ms = self._clock.now_ms()
-        self._devices = {d.id: d for d in await self._registry.list(limit=10**9)}
+        self.know_devices(await self._registry.list(limit=10**9))
         open_now = await self._store.open_incidents()
         self._rebuild(open_now)
         self._open_keys = {(i.rule_id, i.subject) for i in open_now}
@@ -295,6 +295,12 @@ class RulesEngine:
             asyncio.create_task(self._follow(), name="rules-follow"),
         ]
         log.info("rules engine %s started: %d rules, %d devices", self._opts.name, len(self._rules), len(self._devices))
+
+    def know_devices(self, devices: Sequence[Device]) -> None:
+        """The devices the rules look at (start() loads them from the registry; a replay gives them)."""
+        self._devices = {d.id: d for d in devices}
+        self._in_scope = {}
+        self._limits = {}
 
     async def stop(self) -> None:
         self._stopping = True

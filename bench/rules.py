@@ -140,7 +140,7 @@ async def engine_rate(
     store = MemoryIncidents()
     registry: Any = Registry(devices)  # start() is not called: only its list() would be used
     engine = RulesEngine(bus=MemoryBus(), store=store, devices=registry, clock=SystemClock(), rules=rules)
-    engine._devices = {d.id: d for d in devices}  # what start() loads, without starting the tasks
+    engine.know_devices(devices)  # what start() loads, without starting the tasks
     start = time.perf_counter()
     # As the engine takes them from the stream: entries of up to 200 events.
     for i in range(0, len(replay), 200):
