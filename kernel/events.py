@@ -190,14 +190,6 @@ EVENT_TYPES: Final[dict[str, type[Any]]] = {
 TOPICS: Final = tuple(EVENT_TYPES)
 
 
-def topic_of(event: Event) -> str:
-    return event.TOPIC
-
-
-def key_of(event: Event) -> str:
-    return event.key
-
-
 def _tuples(names: tuple[str, ...]) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def fix(data: dict[str, Any]) -> dict[str, Any]:
         for name in names:
@@ -265,10 +257,6 @@ def encode(events: Sequence[Event]) -> bytes:
     if not events:
         raise ValueError("an empty batch has no topic")
     return join(events[0].TOPIC, encode_each(events))
-
-
-def encode_one(event: Event) -> bytes:
-    return encode((event,))
 
 
 def decode_one(topic: str, raw: bytes | str) -> Event:
@@ -341,9 +329,6 @@ __all__ = [
     "decode_one",
     "encode",
     "encode_each",
-    "encode_one",
     "join",
-    "key_of",
     "to_json_dict",
-    "topic_of",
 ]

@@ -31,7 +31,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     delete,
-    func,
     insert,
     select,
     update,
@@ -104,8 +103,6 @@ silences = Table(
     Column("created_by", String(100), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
 )
-
-SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
 
 def open_key(rule_id: str, subject: str) -> str:
@@ -402,10 +399,6 @@ class SqlIncidents:
                 return [_incident(r) for r in conn.execute(query)]
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot list open incidents: {exc}") from exc
-
-    def count(self) -> int:
-        with self._engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(incidents)).scalar_one())
 
     def _add_silence(self, silence: Silence, now_ms: int) -> None:
         try:
