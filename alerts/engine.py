@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from kernel.clock import Clock
+from kernel.errors import StoreError
 from kernel.events import (
     CAMERA_STATUS,
     DEVICE_CHANGED,
@@ -44,7 +45,7 @@ from kernel.events import (
     SilenceChanged,
 )
 from kernel.model import Device, DeviceStatus, Position, Reading, expected_interval_s
-from kernel.ports import Bus, DeviceRegistry, LiveState
+from kernel.ports import Bus, DeviceRegistry, LiveState, TimeSeries
 
 from .domain.evaluate import (
     Change,
@@ -69,6 +70,7 @@ from .domain.evaluate import (
 )
 from .domain.hygiene import HygienePolicy, Silence, area_raise, flooded, is_flapping, recent, silenced
 from .domain.incidents import EscalationPolicy, HistoryEntry, Incident, escalate_by_time, resolve
+from .domain.replay import replay
 from .domain.rules import (
     AnyRule,
     CameraOfflineRule,
@@ -87,6 +89,7 @@ from .domain.rules import (
     ZoneShape,
 )
 from .domain.series import SeriesState, count_step, duration_step, projection_step, rate_step
+from .domain.timeline import JUMP_CONFIRM_MS, Timeline, timeline_step
 from .domain.vehicles import (
     CameraState,
     Route,
@@ -107,6 +110,37 @@ _THRESHOLD, _SILENCE, _CORRELATION, _READINGS, _OTHER = range(5)
 _EMPTY_SERIES = SeriesState()
 _STILL = VehicleState()
 _CAMERA_OK = CameraState()
+# How long an incident a person resolved while its condition held keeps its rule raised across a
+# restart (in a running engine: until the condition ends; after a week it may be raised again).
+_HELD_BY_PERSON_MS = 7 * 86_400_000
+_WINDOWED = (RateRule, ProjectionRule, DurationRule, CountRule, DwellRule)
+
+
+def _span_ms(rule: AnyRule) -> int:
+    """How far back a rule's state reaches: its window; or twice the time its condition must hold
+    (read from an empty state, a condition holding all along must be seen to hold that long)."""
+    if isinstance(rule, DurationRule):
+        return int(rule.for_s * 2000)
+    if isinstance(rule, DwellRule):
+        return int(rule.max_s * 2000)
+    return int(getattr(rule, "window_s", 0) * 1000)
+
+
+def _raised(state: SeriesState) -> bool:
+    return state.raised
+
+
+def _flagged(state: VehicleState) -> bool:
+    return state.flagged
+
+
+def _dwell_in(zones: Sequence[PreparedZone]) -> Callable[..., tuple[VehicleState, list[Change]]]:
+    def step(rule: DwellRule, state: VehicleState, fix: Position, device: Device) -> tuple[VehicleState, list[Change]]:
+        return dwell_step(rule, zones, state, fix, device)
+
+    return step
+
+
 _SERIES_STEPS: dict[type[Any], Callable[..., tuple[SeriesState, list[Change]]]] = {
     RateRule: rate_step,
     ProjectionRule: projection_step,
@@ -134,6 +168,8 @@ class IncidentStore(Protocol):
     async def act(self, incident_id: str, action: Any) -> Incident | None: ...
 
     async def open_incidents(self) -> list[Incident]: ...
+
+    async def resolved_since(self, since_ms: int, rule_ids: Sequence[str]) -> list[Incident]: ...
 
 
 def incident_event(incident: Incident, change: str) -> IncidentChanged:
@@ -166,6 +202,12 @@ class EngineOptions:
     tick_s: float = 1.0
     escalation_every_s: float = 5.0
     claim_idle_s: float | None = None
+    # One process evaluates at a time (see the module's docstring); a standby takes over within this.
+    lease_s: float = 10.0
+    # A device sending readings behind its newest for this long (3 or more) jumped its clock back.
+    clock_jump_confirm_ms: int = JUMP_CONFIRM_MS
+    # At most this many points of one device are read back to rebuild its windows on taking over.
+    replay_points: int = 10_000
 
 
 class RulesEngine:
@@ -187,8 +229,10 @@ class RulesEngine:
         reload_rules: Callable[[], Awaitable[Sequence[AnyRule]]] | None = None,
         hygiene: HygienePolicy | None = None,
         load_silences: Callable[[], Awaitable[Sequence[Silence]]] | None = None,
+        series: TimeSeries | None = None,
     ) -> None:
         self._load_silences = load_silences
+        self._history = series
         self._reload_rules = reload_rules
         self._bus = bus
         self._store = store
@@ -225,8 +269,17 @@ class RulesEngine:
         self._in_scope: dict[str, Plan] = {}
         # Each (threshold rule, device)'s levels: the device's attributes read once.
         self._limits: dict[tuple[str, str], list[float] | str] = {}
+        # Each device's newest reading or fix time, and the ones behind it (domain/timeline.py).
+        self._newest: dict[str, int] = {}
+        self._behind: dict[str, Timeline] = {}
         self._started_ms = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._lease = bus.lease(self._opts.group, self._opts.name, self._opts.lease_s)
+        self._lead_task: asyncio.Task[None] | None = None
+        self._first_round = asyncio.Event()
+        self.leading = False
+        self.takeovers = 0
+        self.replayed: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self.events = 0
         self._stopping = False
@@ -283,18 +336,110 @@ class RulesEngine:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Stand for the lease and, once it is ours, evaluate; returns after the first attempt
+        (with the lease taken if it was free: the embedded default always takes it at once)."""
+        self._lead_task = asyncio.create_task(self._lead(), name="rules-lead")
+        first = asyncio.ensure_future(self._first_round.wait())
+        await asyncio.wait([first, self._lead_task], return_when=asyncio.FIRST_COMPLETED)
+        first.cancel()
+        if self._lead_task.done():
+            self._lead_task.result()  # the takeover failed: raise why
+
+    async def _lead(self) -> None:
+        """Take the lease, renew it a few times per time to live; on losing it, stop evaluating."""
+        while not self._stopping:
+            try:
+                held = await self._lease.acquire()
+            except StoreError as exc:
+                self.last_error = str(exc)
+                held = False
+            if held and not self.leading:
+                try:
+                    await self._take_over()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if not self._first_round.is_set():
+                        raise  # start() says why: the records cannot be read
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("rules: taking over failed; trying again")
+                    await self._stand_down()
+            elif not held and self.leading:
+                log.warning("rules engine %s lost its lease: standing by", self._opts.name)
+                await self._stand_down()
+            elif not held and not self._first_round.is_set():
+                log.info("rules engine %s started: standing by (%s evaluates)", self._opts.name, await self._holder())
+            self._first_round.set()
+            await asyncio.sleep(self._lease.ttl_s / 4)
+
+    async def _holder(self) -> str | None:
+        try:
+            return await self._lease.holder()
+        except StoreError:
+            return None
+
+    async def _take_over(self) -> None:
+        """Everything from the records: devices, rules, silences, open incidents, and the windows
+        and timers of the last minutes from the time series. Then the stream, where the one before
+        stopped (its unacknowledged entries are claimed after half a lease: it has stopped by then)."""
+        self._clear_states()
         self._started_ms = self._clock.now_ms()
         self.know_devices(await self._registry.list(limit=10**9))
+        if self._reload_rules is not None:
+            self.set_rules(await self._reload_rules())
         open_now = await self._store.open_incidents()
-        self._rebuild(open_now)
         self._open_keys = {(i.rule_id, i.subject) for i in open_now}
+        # Resolved by a person while the condition still held (not cleared): in a running engine
+        # the rule stays raised until the condition ends, so it is rebuilt raised here too.
+        since = self._started_ms - max(_HELD_BY_PERSON_MS, *(_span_ms(r) for r in self._rules))
+        resolved = await self._store.resolved_since(
+            since, [r.id for r in self._rules if not isinstance(r, CorrelationRule)]
+        )
+        held: dict[tuple[str, str], Incident] = {}
+        for incident in sorted(resolved, key=lambda i: i.resolved_at_ms or 0):
+            key = (incident.rule_id, incident.subject)
+            if not incident.cleared and key not in self._open_keys:
+                held[key] = incident
+            elif key in held:
+                del held[key]  # a later incident of the same subject cleared
+        self._rebuild([*open_now, *held.values()])
         await self.reload_silences()
+        await self._replay_history(open_now, resolved, self._started_ms)
+        self.leading = True
+        self.takeovers += 1
         self._tasks = [
             asyncio.create_task(self._consume(), name="rules-consume"),
             asyncio.create_task(self._ticks(), name="rules-ticks"),
             asyncio.create_task(self._follow(), name="rules-follow"),
         ]
-        log.info("rules engine %s started: %d rules, %d devices", self._opts.name, len(self._rules), len(self._devices))
+        log.info(
+            "rules engine %s started: leading, %d rules, %d devices",
+            self._opts.name,
+            len(self._rules),
+            len(self._devices),
+        )
+
+    def _clear_states(self) -> None:
+        for states in self._keyed_states():
+            states.clear()
+        for other in (self._correlations, self._held, self._raise_times, self._flapping, self._flap_last):
+            other.clear()
+        self._newest.clear()
+        self._behind.clear()
+        self._grid_opened.clear()
+        self._absorbed.clear()
+
+    async def _stand_down(self) -> None:
+        self.leading = False
+        for task in self._tasks:
+            task.cancel()
+        # Each loop also ends on `_stopping`; a task that does not stop within 10 s is logged and
+        # left behind rather than holding the whole process's shutdown.
+        if self._tasks:
+            _done, stuck = await asyncio.wait(self._tasks, timeout=10)
+            for task in stuck:
+                log.error("rules engine task %s did not stop", task.get_name())
+        self._tasks = []
 
     def know_devices(self, devices: Sequence[Device]) -> None:
         """The devices the rules look at (start() loads them from the registry; a replay gives them)."""
@@ -303,15 +448,13 @@ class RulesEngine:
         self._limits = {}
 
     async def stop(self) -> None:
+        """Stop evaluating and hand the lease over at once (a standby need not wait it out)."""
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        # Each loop also ends on `_stopping`; a task that does not stop within 10 s is logged and
-        # left behind rather than holding the whole process's shutdown.
-        _done, stuck = await asyncio.wait(self._tasks, timeout=10)
-        for task in stuck:
-            log.error("rules engine task %s did not stop", task.get_name())
-        self._tasks = []
+        if self._lead_task is not None:
+            self._lead_task.cancel()
+            await asyncio.wait([self._lead_task], timeout=10)
+        await self._stand_down()
+        await self._lease.release()
 
     def _rebuild(self, open_incidents: Sequence[Incident]) -> None:
         """States from the open incidents: nothing open is raised again, nothing is forgotten."""
@@ -347,6 +490,59 @@ class RulesEngine:
                     for device_id in i.device_ids:
                         self._absorbed[device_id] = i.id
 
+    async def _replay_history(self, open_now: Sequence[Incident], done: Sequence[Incident], now_ms: int) -> None:
+        """Windows and timers (rate, projection, duration, count, dwell) rebuilt from the time series
+        over each rule's own span, starting from what the incidents say; then the net change the
+        history calls for that no incident records is applied (domain/replay.py): a raise the last
+        process never recorded, a clear it never saw. Nothing fires only because we started."""
+        rules = [r for r in self._rules if isinstance(r, _WINDOWED)]
+        if self._history is None or not rules:
+            return
+        raised = {(i.rule_id, i.subject) for i in open_now if not i.cleared}
+        resolved: dict[tuple[str, str], int] = {}
+        for incident in done:
+            key = (incident.rule_id, incident.subject)
+            resolved[key] = max(resolved.get(key, 0), incident.resolved_at_ms or 0)
+        history = self._history
+        limit = asyncio.Semaphore(16)
+
+        async def one(device: Device, watching: Sequence[AnyRule]) -> None:
+            span = max(_span_ms(r) for r in watching)
+            async with limit:
+                samples = await history.read(
+                    device.id, device.kind, now_ms - span, now_ms + 60_000, self._opts.replay_points
+                )
+            if not samples:
+                return
+            for rule in watching:
+                key = (rule.id, device.id)
+                was = key in raised
+                net: Raise | Clear | None
+                if isinstance(rule, DwellRule):
+                    dwell = _dwell_in(self._zones.get(rule.id, []))
+                    vehicle, net = replay(
+                        dwell, rule, _STILL, samples, device, Position, raised_now=was, is_raised=_flagged
+                    )
+                    self._vehicles[key] = vehicle
+                else:
+                    step = _SERIES_STEPS[type(rule)]
+                    series, net = replay(
+                        step, rule, _EMPTY_SERIES, samples, device, Reading, raised_now=was, is_raised=_raised
+                    )
+                    self._series[key] = series
+                if net is None or (isinstance(net, Raise) and resolved.get(key, -1) >= net.at_ms):
+                    continue  # nothing new, or raised and then resolved by a person since
+                self.replayed["raise" if isinstance(net, Raise) else "clear"] += 1
+                await self._apply(rule, [net])
+
+        watched = []
+        for device in self._devices.values():
+            watching = [r for r in rules if in_scope(r.scope, device)]
+            if watching:
+                watched.append(one(device, watching))
+        await asyncio.gather(*watched)
+        log.info("rules: windows of %d devices rebuilt from the time series (%s)", len(watched), dict(self.replayed))
+
     # --- the stream ------------------------------------------------------------------------
 
     async def _consume(self) -> None:
@@ -354,11 +550,16 @@ class RulesEngine:
             self._opts.group,
             self._opts.name,
             [READING, POSITION, DEVICE_STATUS, DEVICE_CHANGED, CAMERA_STATUS],
-            claim_idle_s=self._opts.claim_idle_s,
+            claim_idle_s=min(self._opts.claim_idle_s or self._opts.lease_s, self._opts.lease_s / 2),
         )
         attempt = 0
         try:
             while not self._stopping:
+                if not self._lease.held():
+                    # Not renewed in time: another process may take over any moment; do nothing
+                    # until the lease loop renews it or stands down.
+                    await asyncio.sleep(0.05)
+                    continue
                 try:
                     for item in await consumer.read(count=20, block_s=1.0):
                         # The same entry again until it is processed: nothing is skipped on a failure.
@@ -406,6 +607,7 @@ class RulesEngine:
             self._correlations,
         )
         step, seen, correlate = threshold_step, silence_seen, correlation_step
+        newest = self._newest
         self.events += len(events)
         # Silence is about hearing from a device: the arrival time counts, not the reading's own
         # time (a backlog of old readings shows the device is alive; it must not raise silence).
@@ -418,6 +620,12 @@ class RulesEngine:
             if device is None:
                 self.counts["unknown_device"] += 1
                 continue
+            if event.ts_ms > newest.get(device.id, -1):
+                newest[device.id] = event.ts_ms
+                if device.id in self._behind:
+                    del self._behind[device.id]
+            elif event.ts_ms < newest[device.id]:
+                self._behind_newest(device.id, event.ts_ms, arrived)
             plan = plans.get(device.id)
             if plan is None:
                 plan = plans[device.id] = self._plan(device)
@@ -453,11 +661,40 @@ class RulesEngine:
         if device is None:
             self.counts["unknown_device"] += 1
             return
+        if isinstance(event, Position):
+            if event.ts_ms > self._newest.get(device.id, -1):
+                self._newest[device.id] = event.ts_ms
+                self._behind.pop(device.id, None)
+            elif event.ts_ms < self._newest[device.id]:
+                self._behind_newest(device.id, event.ts_ms, self._clock.now_ms())
         plan = self._in_scope.get(device.id)
         if plan is None:
             plan = self._in_scope[device.id] = self._plan(device)
         for _code, rule, _key, _held in plan:
             await self._evaluate(rule, event, device)
+
+    def _behind_newest(self, device_id: str, ts_ms: int, arrived_ms: int) -> None:
+        """A reading older than the device's newest: late, or its clock jumped back (domain/timeline.py).
+        On a jump, its rules forget the times they judged (keeping raised or not) and go on from it."""
+        was = self._behind.get(device_id) or Timeline(self._newest[device_id])
+        timeline, jumped = timeline_step(was, ts_ms, arrived_ms, self._opts.clock_jump_confirm_ms)
+        if not jumped:
+            self._behind[device_id] = timeline
+            return
+        del self._behind[device_id]
+        self._newest[device_id] = ts_ms
+        self.counts["clock_jumps"] += 1
+        log.warning("device %s: its clock jumped back; its rules go on from its new time", device_id)
+        for rule in self._rules:
+            key = (rule.id, device_id)
+            if key in self._levels:
+                self._levels[key] = self._levels[key]._replace(last_ts_ms=-1)
+            if key in self._series:
+                self._series[key] = self._series[key]._replace(points=(), since_ms=None, last_ts_ms=-1)
+            if key in self._vehicles:
+                self._vehicles[key] = self._vehicles[key]._replace(since_ms=None, last_ts_ms=-1)
+            if key in self._zone_states:
+                self._zone_states[key] = replace(self._zone_states[key], last_ts_ms=-1)
 
     def _plan(self, device: Device) -> Plan:
         """The rules watching a device, each with its state key (and a threshold rule's levels for
@@ -637,6 +874,9 @@ class RulesEngine:
 
     async def _device_changed(self, event: DeviceChanged) -> None:
         self._in_scope.pop(event.device_id, None)
+        if event.change == "removed":
+            self._newest.pop(event.device_id, None)
+            self._behind.pop(event.device_id, None)
         for key in [k for k in self._limits if k[1] == event.device_id]:
             del self._limits[key]
         if event.change != "removed" and event.device is not None:
@@ -842,7 +1082,11 @@ class RulesEngine:
             "silenced": self.counts["silenced"],
             "flapping": self.counts["flapping"],
             "flood_grouped": self.counts["flood_grouped"],
+            "clock_jumps": self.counts["clock_jumps"],
             "last_error": self.last_error,
+            "leading": self.leading,
+            "takeovers": self.takeovers,
+            "replayed": dict(self.replayed),
         }
 
 

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -66,6 +67,9 @@ class MemoryIncidents:
 
     async def open_incidents(self) -> list[Incident]:
         return list(self.open.values())
+
+    async def resolved_since(self, since_ms: int, rule_ids: Sequence[str]) -> list[Incident]:
+        return []
 
 
 class Registry:

@@ -154,9 +154,15 @@ async def start_rules(runtime: Runtime) -> RulesEngine:
         city_zones=city_zones(runtime.city),
         city_routes=runtime.city.routes if runtime.city is not None else {},
         live=runtime.live,
-        options=EngineOptions(tick_s=settings.rules_tick_s, escalation_every_s=min(5.0, 5 * settings.rules_tick_s)),
+        options=EngineOptions(
+            tick_s=settings.rules_tick_s,
+            escalation_every_s=min(5.0, 5 * settings.rules_tick_s),
+            lease_s=settings.rules_lease_s,
+            clock_jump_confirm_ms=int(settings.rules_clock_jump_confirm_s * 1000),
+        ),
         reload_rules=lambda: effective_rules(runtime),
         load_silences=lambda: runtime.incidents.silences(runtime.clock.now_ms()),
+        series=runtime.series,
         policy=EscalationPolicy(
             critical_to_tier2_s=settings.escalation_critical_to_tier2_s,
             critical_to_tier3_s=settings.escalation_critical_to_tier3_s,

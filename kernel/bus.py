@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kernel.events import Event
+from kernel.lease import MemoryLease, MemoryLeases
 from kernel.ports import Delivered
 
 # Events per work-stream entry: big batches travel as few entries, and a consumer acknowledges
@@ -216,6 +217,10 @@ class MemoryBus:
         self._max_entries = stream_max_entries
         self._claim_idle_s = claim_idle_s
         self._published = asyncio.Event()
+        self._leases = MemoryLeases()
+
+    def lease(self, name: str, owner: str, ttl_s: float) -> MemoryLease:
+        return self._leases.lease(name, owner, ttl_s)
 
     def _stream(self, topic: str) -> _Stream:
         stream = self._streams.get(topic)

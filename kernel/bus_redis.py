@@ -29,6 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 from kernel.bus import DEFAULT_CLAIM_IDLE_S, DEFAULT_STREAM_MAX_ENTRIES, LatestMailbox, chunks
 from kernel.errors import StoreError
 from kernel.events import SCHEMA_VERSION, TOPICS, Event, EventDecodeError, decode, decode_one, encode_each, join
+from kernel.lease import RedisLease
 from kernel.ports import Delivered
 from kernel.redis_client import redis_client
 
@@ -271,6 +272,9 @@ class RedisBus:
 
     def stream(self, topic: str) -> str:
         return f"{self._prefix}bus:stream:{topic}"
+
+    def lease(self, name: str, owner: str, ttl_s: float) -> RedisLease:
+        return RedisLease(self.redis, f"{self._prefix}lease:{name}", owner, ttl_s)
 
     def channel(self, topic: str) -> str:
         return f"{self._prefix}bus:live:{topic}"

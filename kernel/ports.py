@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kernel.events import Event
+from kernel.lease import Lease
 from kernel.model import DeadLetter, Device, DeviceKind, DeviceStatus, Sample
 
 
@@ -100,6 +101,10 @@ class Bus(Protocol):
 
     async def stats(self) -> dict[str, Any]:
         """Per topic: stream length, and per group: pending, lag and what trimming took unread."""
+        ...
+
+    def lease(self, name: str, owner: str, ttl_s: float) -> Lease:
+        """A lease on a role among the processes sharing this bus (one holder at a time)."""
         ...
 
     async def ping(self) -> None: ...

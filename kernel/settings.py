@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     registry_refresh_s: float = Field(default=30.0, gt=0)
     # How often the rules engine looks at the time (silence, escalation by time unacknowledged).
     rules_tick_s: float = Field(default=1.0, gt=0)
+    # One `cityops rules` process evaluates at a time, holding a lease this long; when it dies a
+    # standby takes over within it (and claims what it left unacknowledged after half of it).
+    rules_lease_s: float = Field(default=10.0, ge=1)
+    # A device sending 3 or more readings behind its newest over this long jumped its clock back
+    # (alerts/domain/timeline.py): its rules go on from its new time.
+    rules_clock_jump_confirm_s: float = Field(default=60.0, gt=0)
     # Escalation by time left unacknowledged (seconds): critical to tier 2, then 3; high to tier 2.
     escalation_critical_to_tier2_s: float = Field(default=600.0, gt=0)
     escalation_critical_to_tier3_s: float = Field(default=1800.0, gt=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -211,6 +211,10 @@ class SqlIncidents:
     async def open_incidents(self) -> builtins.list[Incident]:
         return await asyncio.to_thread(self._open)
 
+    async def resolved_since(self, since_ms: int, rule_ids: Sequence[str]) -> builtins.list[Incident]:
+        """Incidents of these rules resolved at or after `since_ms` (what a rebuilt window must respect)."""
+        return await asyncio.to_thread(self._resolved_since, since_ms, list(rule_ids))
+
     async def add_silence(self, silence: Silence, now_ms: int) -> None:
         await asyncio.to_thread(self._add_silence, silence, now_ms)
 
@@ -399,6 +403,16 @@ class SqlIncidents:
                 return [_incident(r) for r in conn.execute(query)]
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot list open incidents: {exc}") from exc
+
+    def _resolved_since(self, since_ms: int, rule_ids: builtins.list[str]) -> builtins.list[Incident]:
+        if not rule_ids:
+            return []
+        query = select(incidents).where(incidents.c.resolved_at_ms >= since_ms, incidents.c.rule_id.in_(rule_ids))
+        try:
+            with self._engine.connect() as conn:
+                return [_incident(r) for r in conn.execute(query)]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot list resolved incidents: {exc}") from exc
 
     def _add_silence(self, silence: Silence, now_ms: int) -> None:
         try:

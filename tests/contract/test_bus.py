@@ -317,6 +317,48 @@ async def test_a_closed_subscription_ends_its_iteration(make_bus: MakeBus) -> No
 # --- Redis only: what another writer or the network can do to us ----------------------------
 
 
+async def test_a_lease_has_one_holder_and_passes_on_when_released(make_bus: MakeBus) -> None:
+    bus = make_bus()
+    a, b = bus.lease("rules", "a", 5.0), bus.lease("rules", "b", 5.0)
+    assert await a.acquire()
+    assert a.held()
+    assert not await b.acquire(), "taken: the other waits"
+    assert not b.held()
+    assert await a.acquire(), "the holder renews"
+    assert await b.holder() == "a"
+    await a.release()
+    assert not a.held(), "a released lease is not acted on"
+    assert await b.acquire()
+    assert await a.holder() == "b"
+    assert not await a.acquire()
+
+
+async def test_a_lease_nobody_renews_expires_and_another_takes_it(make_bus: MakeBus) -> None:
+    bus = make_bus()
+    a, b = bus.lease("rules", "a", 0.3), bus.lease("rules", "b", 0.3)
+    assert await a.acquire()
+    await asyncio.sleep(0.25)
+    assert not a.held(), "the holder stops acting before the lease can pass on (a fifth of it early)"
+    assert not await b.acquire()
+    await asyncio.sleep(0.15)
+    assert await b.acquire(), "expired: the standby takes it"
+    assert not await a.acquire(), "the old holder does not get it back while it is held"
+    assert await b.holder() == "b"
+
+
+async def test_redis_a_lease_without_redis_is_a_store_error(redis_url: str) -> None:
+    from kernel.errors import StoreError
+    from tests.servers import free_port
+
+    bus = RedisBus(f"redis://127.0.0.1:{free_port()}/0")
+    lease = bus.lease("rules", "a", 5.0)
+    with pytest.raises(StoreError):
+        await lease.acquire()
+    assert not lease.held()
+    await lease.release()  # no error: it expires by itself
+    await bus.close()
+
+
 async def test_redis_an_entry_that_is_not_events_is_skipped_counted_and_never_handed_out_again(redis_url: str) -> None:
     import redis.asyncio as aioredis
 

@@ -501,3 +501,76 @@ async def test_a_critical_incident_left_unacknowledged_climbs_the_tiers(strict: 
     assert 1 <= len(escalations) <= 2
     assert {h["who"] for h in escalations} == {"escalation policy"}
     assert escalations[-1]["detail"].endswith("-> 3: unacknowledged too long")
+
+
+async def test_a_device_whose_clock_jumps_back_an_hour_is_still_judged(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    async with open_center(request, tmp_path, "embedded", rules_tick_s=0.1, rules_clock_jump_confirm_s=0.5) as center:
+        await center.register(GAUGE)
+        now = now_ms()
+        await reading_at(center, "res-1", now, 25.7)
+        raised = await one_incident(center, "reservoir-level", status="open")
+        # The gauge's clock is set back an hour: a late reading first (ignored: a newer one decided).
+        await reading_at(center, "res-1", now - 60 * MINUTE, 20.0)
+        await asyncio.sleep(0.3)
+        assert (await center.api.get(f"/api/incidents/{raised['id']}")).json()["status"] == "open"
+        # Then it keeps reporting in its new time: after 3 readings over half a second, it is judged.
+        for n in range(1, 4):
+            await asyncio.sleep(0.3)
+            await reading_at(center, "res-1", now - 60 * MINUTE + n * 1000, 20.0)
+        await one_incident(center, "reservoir-level", status="resolved", id=raised["id"])
+        assert center.runtime.rules_engine is not None
+        assert center.runtime.rules_engine.stats()["clock_jumps"] == 1
+
+
+async def test_a_rule_edited_while_its_incident_is_open_keeps_the_one_incident(city: Center) -> None:
+    await city.register(GAUGE)
+    await add_rule(
+        city,
+        {
+            "id": "edited",
+            "kind": "threshold",
+            "scope": {"device_ids": ["res-1"]},
+            "levels": [{"severity": "medium", "at": 24.0}],
+        },
+    )
+    await reading_at(city, "res-1", now_ms(), 24.5)
+    first = await one_incident(city, "edited", status="open", severity="medium")
+    # Made stricter while open: a higher level at 24.4; the next reading raises the same incident.
+    changed = await city.api.put(
+        "/api/rules/edited",
+        json={
+            "id": "edited",
+            "name": "edited",
+            "category": "test",
+            "kind": "threshold",
+            "scope": {"device_ids": ["res-1"]},
+            "levels": [{"severity": "medium", "at": 24.0}, {"severity": "high", "at": 24.4}],
+        },
+    )
+    assert changed.status_code == 200, changed.text
+    await asyncio.sleep(0.3)
+    await reading_at(city, "res-1", now_ms(), 24.6)
+    await one_incident(city, "edited", severity="high", id=first["id"])
+    assert len(await incidents(city, rule_id="edited")) == 1
+    # Disabled while open: the incident stays for a person to resolve; nothing new comes of it.
+    off = await city.api.put(
+        "/api/rules/edited",
+        json={
+            "id": "edited",
+            "name": "edited",
+            "category": "test",
+            "kind": "threshold",
+            "scope": {"device_ids": ["res-1"]},
+            "levels": [{"severity": "medium", "at": 24.0}],
+            "enabled": False,
+        },
+    )
+    assert off.status_code == 200, off.text
+    await asyncio.sleep(0.3)
+    await reading_at(city, "res-1", now_ms(), 20.0)
+    await asyncio.sleep(0.5)
+    [still] = await incidents(city, rule_id="edited")
+    assert still["id"] == first["id"]
+    assert still["status"] == "open"
