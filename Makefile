@@ -34,6 +34,7 @@ bench: system-deps $(STAMP)
 	$(BIN)/python -m bench.rules
 	$(BIN)/python -m bench.incident_latency
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.cameras
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache

@@ -22,6 +22,7 @@ from kernel.events import DeviceChanged
 from kernel.model import Device, Sample, sample_to_dict
 from kernel.redact import redact_text
 
+from .api_cameras import camera_routes
 from .api_incidents import incident_routes
 from .auth import DEVICE_WRITERS, Principal, Role
 from .city import DeviceSpec
@@ -272,6 +273,7 @@ def build_app(runtime: Runtime) -> FastAPI:
 
     app.include_router(api)
     app.include_router(incident_routes(runtime, role_in, anyone))
+    app.include_router(camera_routes(runtime.catalog(), role_in, anyone))
 
     @app.get("/", include_in_schema=False)
     async def wall() -> FileResponse:

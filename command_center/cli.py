@@ -1,4 +1,4 @@
-"""The `cityops` command: run, migrate, gateway, api, events, health, simulate."""
+"""The `cityops` command: run, migrate, gateway, rules, api, cameras, events, health, simulate."""
 
 from __future__ import annotations
 
@@ -76,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--topic", action="append", choices=TOPICS, required=True, help="repeat for several")
     ev.add_argument("--claim-idle-s", type=float, help="take over a dead member's events after this long")
     ev.add_argument("--slow-ms", type=float, default=0.0, help="pause per entry (to watch a slow consumer)")
+
+    cams = sub.add_parser("cameras", help="the camera catalog")
+    cams_sub = cams.add_subparsers(dest="cameras_command", required=True)
+    imp = cams_sub.add_parser("import", help="import a CSV or JSON camera list (through a running center if any)")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--config", type=Path)
+    imp.add_argument("--data-dir", type=Path)
+    imp.add_argument("--url", help="the command center's API (default: http://HTTP_HOST:HTTP_PORT)")
+    imp.add_argument("--token", help="an admin or operator token (default: the data dir's admin token)")
 
     health = sub.add_parser("health", help="exit 0 when a cityops process's health is ok, 1 otherwise")
     health.add_argument("--url", default="http://127.0.0.1:8000/api/health")
@@ -304,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command == "cameras":
+            from .cameras_cli import import_cameras
+
+            return import_cameras(settings, args.file, args.url, args.token)
         if args.command == "gateway":
             asyncio.run(_gateway_only(settings, args.health_port))
         elif args.command == "rules":

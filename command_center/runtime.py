@@ -27,6 +27,8 @@ from kernel.clock import Clock
 from kernel.db import database_url, make_engine
 from kernel.ports import Bus, LiveState, TimeSeries
 from kernel.settings import Settings
+from video_index.adapters.cameras_sql import SqlCameras
+from video_index.catalog import CameraCatalog
 
 from .auth import TokenStore
 from .city import City, city_rules, city_zones, demo_city_path, load_city
@@ -87,7 +89,13 @@ class Runtime:
     ingress: PahoIngress | None = None
     simulator: SimulatorThread | None = None
     rules_engine: RulesEngine | None = None
+    cameras: CameraCatalog | None = None
     roles: tuple[str, ...] = field(default=())
+
+    def catalog(self) -> CameraCatalog:
+        if self.cameras is None:
+            raise RuntimeError("the camera catalog is not started")
+        return self.cameras
 
     def running_gateway(self) -> Gateway:
         """The gateway of a process that ingests (an error in one that does not)."""
@@ -217,6 +225,8 @@ async def start_runtime(
         admin,
         city,
     )
+    runtime.cameras = CameraCatalog(SqlCameras(engine), runtime.bus, clock)
+    await runtime.cameras.start()
     if rules:
         await start_rules(runtime)
     if not ingest:
@@ -257,6 +267,8 @@ async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -
         await runtime.rules_engine.stop()
     if runtime.broker is not None:
         await runtime.broker.stop()
+    if runtime.cameras is not None:
+        await runtime.cameras.stop()
     await runtime.series.close()
     await runtime.live.close()
     await runtime.bus.close()

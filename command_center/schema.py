@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from alerts.adapters import incidents_sql
 from iot_gateway.adapters import records_sql
 from kernel.errors import ConfigError, StoreError
+from video_index.adapters import cameras_sql
 
 from . import auth
 
@@ -110,7 +111,7 @@ def require_current(engine: Engine) -> None:
 def metadata() -> MetaData:
     """Every table the code uses, as one MetaData (to check the migrations against the code)."""
     merged = MetaData()
-    for source in (records_sql.metadata, auth.metadata, incidents_sql.metadata):
+    for source in (records_sql.metadata, auth.metadata, incidents_sql.metadata, cameras_sql.metadata):
         for table in source.tables.values():
             table.to_metadata(merged)
     return merged

@@ -36,6 +36,7 @@ TICKET_CHANGED: Final = "ticket.changed"
 CAMERA_STATUS: Final = "camera.status"
 RULE_CHANGED: Final = "rule.changed"
 SILENCE_CHANGED: Final = "silence.changed"
+CAMERA_CHANGED: Final = "camera.changed"
 
 Severity = Literal["low", "medium", "high", "critical"]
 IncidentStatus = Literal["open", "acknowledged", "resolved"]
@@ -164,6 +165,25 @@ class SilenceChanged:
         return self.silence_id
 
 
+@dataclass(frozen=True, slots=True)
+class CameraChanged:
+    """A camera was added, changed or removed in the catalog: every process's index follows.
+    Its position and status travel; its stream URL never does (it may hold credentials)."""
+
+    TOPIC: ClassVar[str] = CAMERA_CHANGED
+    camera_id: str
+    change: Literal["added", "changed", "removed"]
+    at_ms: int
+    lat: float | None = None
+    lon: float | None = None
+    status: CameraStatus = "unknown"
+    department: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.camera_id
+
+
 Event = (
     Reading
     | Position
@@ -174,6 +194,7 @@ Event = (
     | CameraStatusChanged
     | RuleChanged
     | SilenceChanged
+    | CameraChanged
 )
 
 EVENT_TYPES: Final[dict[str, type[Any]]] = {
@@ -186,6 +207,7 @@ EVENT_TYPES: Final[dict[str, type[Any]]] = {
     CAMERA_STATUS: CameraStatusChanged,
     RULE_CHANGED: RuleChanged,
     SILENCE_CHANGED: SilenceChanged,
+    CAMERA_CHANGED: CameraChanged,
 }
 TOPICS: Final = tuple(EVENT_TYPES)
 

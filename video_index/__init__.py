@@ -1,4 +1,1 @@
-"""The camera catalog, spatial index and stream prober.
-
-Built in a later issue; the package holds its place.
-"""
+"""The camera catalog, its spatial index, the health watch and the live view."""

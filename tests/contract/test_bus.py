@@ -15,6 +15,7 @@ from kernel.events import (
     DEVICE_STATUS,
     POSITION,
     READING,
+    CameraChanged,
     CameraStatusChanged,
     DeviceChanged,
     Event,
@@ -127,6 +128,7 @@ async def test_every_kind_of_event_crosses_the_bus_unchanged(make_bus: MakeBus) 
             camera_ids=("cam-1",),
         ),
         CameraStatusChanged("cam-1", "offline", "online", "no frames within 5 s", 8, 20.0, 110.0, "police"),
+        CameraChanged("cam-2", "removed", 9),
     ]
     consumer = bus.consumer("all", "a1", sorted({e.TOPIC for e in events}))
     await bus.publish_many(events)

@@ -188,3 +188,50 @@ def test_simulate_command_feeds_a_gateway_process(tmp_path: Path, mosquitto_serv
     assert "gateway stopped cleanly" in stopped
     assert "'accepted': 0" not in stopped
     assert "'rejected': 0" in stopped
+
+
+def _camera_file(path: Path, n: int, bad: bool = True) -> Path:
+    lines = ["id,name,department,lat,lon,stream_url"]
+    lines += [f"cam-{i},摄像机{i},公安,{20 + i * 1e-4:.6f},110.3,http://10.0.0.{i % 250}/mjpeg" for i in range(n)]
+    if bad:
+        lines.append("cam-bad,x,公安,200,110.3,http://10.0.0.1/mjpeg")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_cameras_import_with_no_center_running_and_through_a_running_one(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    offline = subprocess.run(
+        [*CITYOPS, "cameras", "import", str(_camera_file(tmp_path / "a.csv", 1500)), "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CITYOPS_HTTP_PORT": str(servers.free_port())},
+    )
+    assert offline.returncode == 1, offline.stderr  # a line was rejected
+    assert "importing" in offline.stderr
+    assert "into the records" in offline.stderr
+    assert "cameras: 100%" in offline.stderr, "a progress bar"
+    assert "line 1502: lat:" in offline.stdout
+    assert "imported 1500, rejected 1" in offline.stdout
+    with cityops(data_dir=data) as (base, _broker), api(base, data) as client:
+        total = client.get("/api/cameras", params={"limit": 1}).headers["X-Total-Count"]
+        assert total == "1500", "imported before the start, loaded at the start"
+        second = _camera_file(tmp_path / "b.csv", 0, bad=False)
+        second.write_text(
+            "id,name,department,lat,lon,stream_url\n"
+            + "".join(f"new-{i},新{i},城管,20.5,110.5,http://10.1.0.1/m\n" for i in range(2100)),
+            encoding="utf-8",
+        )
+        online = subprocess.run(
+            [*CITYOPS, "cameras", "import", str(second), "--data-dir", str(data), "--url", base],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert online.returncode == 0, online.stderr + online.stdout
+        assert "through the command center" in online.stderr
+        assert "imported 2100, rejected 0" in online.stdout
+        # The running center's index knows them at once: nearest to their spot.
+        [near] = client.get("/api/cameras", params={"near": "20.5,110.5", "limit": 1}).json()
+        assert near["id"].startswith("new-")

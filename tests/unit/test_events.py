@@ -8,6 +8,7 @@ import pytest
 from kernel.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
+    CameraChanged,
     CameraStatusChanged,
     DeviceChanged,
     EventDecodeError,
@@ -31,6 +32,7 @@ SAMPLES = [
     CameraStatusChanged("c1", "degraded", "online", "frozen picture", 8),
     RuleChanged("gas-leak", 9),
     SilenceChanged("sil-1", 10),
+    CameraChanged("cam-1", "added", 11, 20.0, 110.3, "unknown", "police"),
 ]
 
 

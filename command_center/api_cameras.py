@@ -1,0 +1,184 @@
+"""The cameras part of the HTTP API (CONTRACT.md): catalog, import, search, nearest.
+
+Stream URLs are shown with their credentials replaced by *** (`Camera.shown_url`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+
+from kernel.clock import to_iso
+from video_index.catalog import CameraCatalog
+from video_index.domain.cameras import STATUSES, Camera, CameraProblem, camera_from, parse_csv, parse_json
+
+from .auth import Principal
+
+CAMERA_WRITERS = frozenset({"admin", "operator"})
+MAX_IMPORT_BYTES = 32 * 1024 * 1024
+MAX_LIMIT = 1000
+
+
+def camera_json(camera: Camera, distance_m: float | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": camera.id,
+        "name": camera.name,
+        "department": camera.department,
+        "lat": camera.lat,
+        "lon": camera.lon,
+        "stream_url": camera.shown_url,
+        "tags": list(camera.tags),
+        "status": camera.status,
+        "reason": camera.reason,
+        "last_checked": None if camera.last_checked_ms is None else to_iso(camera.last_checked_ms),
+        "status_since": None if camera.status_since_ms is None else to_iso(camera.status_since_ms),
+    }
+    if distance_m is not None:
+        out["distance_m"] = round(distance_m, 1)
+    return out
+
+
+def _problem(exc: CameraProblem, where: str = "body") -> RequestValidationError:
+    return RequestValidationError([{"loc": (where, exc.field), "msg": exc.message, "type": "value_error"}])
+
+
+def _bad_query(name: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("query", name), "msg": message, "type": "value_error"}])
+
+
+def parse_near(raw: str) -> tuple[float, float]:
+    parts = raw.split(",")
+    try:
+        lat, lon = (float(p) for p in parts)
+    except ValueError:
+        raise _bad_query("near", "give near as LAT,LON in degrees, e.g. near=20.03,110.33") from None
+    if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180):
+        raise _bad_query("near", f"({lat}, {lon}) is not a WGS-84 point")
+    return lat, lon
+
+
+def camera_routes(
+    catalog: CameraCatalog,
+    role_in: Callable[[frozenset[str]], Callable[[Principal], Awaitable[Principal]]],
+    anyone: Any,
+) -> APIRouter:
+    api = APIRouter(prefix="/api")
+    writer = Depends(role_in(CAMERA_WRITERS))
+    store = catalog.store
+
+    @api.post("/cameras", status_code=201, dependencies=[writer])
+    async def add_camera(response: Response, body: Annotated[Any, Body()]) -> dict[str, Any]:
+        try:
+            camera = camera_from(body)
+        except CameraProblem as exc:
+            raise _problem(exc) from exc
+        saved, new = await catalog.save(camera)
+        if not new:
+            response.status_code = 200
+        return camera_json(saved)
+
+    @api.put("/cameras/{camera_id}", dependencies=[writer])
+    async def change_camera(camera_id: str, body: Annotated[Any, Body()]) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise _problem(CameraProblem("camera", "must be an object"))
+        if body.get("id", camera_id) != camera_id:
+            raise _problem(CameraProblem("id", "differs from the camera in the path"))
+        if await store.get(camera_id) is None:
+            raise HTTPException(404, f"no camera {camera_id!r}")
+        try:
+            camera = camera_from({**body, "id": camera_id})
+        except CameraProblem as exc:
+            raise _problem(exc) from exc
+        saved, _new = await catalog.save(camera)
+        return camera_json(saved)
+
+    @api.delete("/cameras/{camera_id}", status_code=204, dependencies=[writer])
+    async def remove_camera(camera_id: str) -> Response:
+        if not await catalog.remove(camera_id):
+            raise HTTPException(404, f"no camera {camera_id!r}")
+        return Response(status_code=204)
+
+    @api.post("/cameras/import", dependencies=[writer])
+    async def import_cameras(request: Request) -> dict[str, Any]:
+        """CSV (`text/csv`) or a JSON list (`application/json`); each bad line rejected with its
+        line number and reason, the good ones imported."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        raw = bytearray()
+        async for piece in request.stream():
+            raw.extend(piece)
+            if len(raw) > MAX_IMPORT_BYTES:
+                raise HTTPException(413, f"an import is at most {MAX_IMPORT_BYTES // (1024 * 1024)} MiB")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _problem(CameraProblem("body", f"is not UTF-8 ({exc.reason} at byte {exc.start})")) from exc
+        try:
+            if kind in ("text/csv", "application/csv", "text/plain"):
+                parsed = parse_csv(text)
+            elif kind == "application/json":
+                try:
+                    data = orjson.loads(text)
+                except orjson.JSONDecodeError as exc:
+                    raise CameraProblem("body", f"is not JSON ({exc})") from exc
+                parsed = parse_json(data)
+            else:
+                raise HTTPException(415, "send text/csv or application/json")
+        except CameraProblem as exc:
+            raise _problem(exc) from exc
+        done = await catalog.import_cameras(parsed)
+        return {
+            "imported": done.imported,
+            "added": done.added,
+            "updated": done.updated,
+            "rejected": [{"line": r.line, "reason": r.reason} for r in done.rejected],
+        }
+
+    @api.get("/cameras", dependencies=[anyone])
+    async def list_cameras(
+        response: Response,
+        near: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        status: str | None = None,
+        q: Annotated[str | None, Query(max_length=200)] = None,
+        department: Annotated[str | None, Query(max_length=100)] = None,
+        within_m: Annotated[float | None, Query(gt=0, le=1_000_000)] = None,
+    ) -> list[dict[str, Any]]:
+        if status is not None and status not in STATUSES:
+            raise _bad_query("status", f"one of {', '.join(STATUSES)}")
+        if near is None:
+            response.headers["X-Total-Count"] = str(await store.count(q=q, department=department, status=status))
+            return [
+                camera_json(c)
+                for c in await store.list(q=q, department=department, status=status, limit=limit, offset=offset)
+            ]
+        lat, lon = parse_near(near)
+        statuses = [status] if status else None
+        wanted = limit + offset
+        asked = wanted
+        while True:
+            # Nearest from the index; the text and department filters need the records, so ask
+            # for more until enough pass or the index has no more.
+            nearest = catalog.nearest(lat, lon, asked, statuses=statuses, max_m=within_m)
+            by_id = {
+                c.id: c for c in await store.list(ids=[c for c, _ in nearest], q=q, department=department, limit=asked)
+            }
+            found = [(by_id[c], m) for c, m in nearest if c in by_id]
+            if len(found) >= wanted or len(nearest) < asked:
+                break
+            asked *= 4
+        return [camera_json(c, m) for c, m in found[offset:wanted]]
+
+    @api.get("/cameras/{camera_id}", dependencies=[anyone])
+    async def get_camera(camera_id: str) -> dict[str, Any]:
+        camera = await store.get(camera_id)
+        if camera is None:
+            raise HTTPException(404, f"no camera {camera_id!r}")
+        return camera_json(camera)
+
+    return api
