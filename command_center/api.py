@@ -273,7 +273,20 @@ def build_app(runtime: Runtime) -> FastAPI:
 
     app.include_router(api)
     app.include_router(incident_routes(runtime, role_in, anyone))
-    app.include_router(camera_routes(runtime.catalog(), role_in, anyone))
+
+    async def authenticate(token: str) -> Principal | None:
+        return await runtime.tokens.lookup(token, clock.now_ms())
+
+    app.include_router(
+        camera_routes(
+            runtime.catalog(),
+            role_in,
+            anyone,
+            snapshots=runtime.snapshot_store(),
+            authenticate=authenticate,
+            clock=clock,
+        )
+    )
 
     @app.get("/", include_in_schema=False)
     async def wall() -> FileResponse:

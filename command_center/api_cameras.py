@@ -10,12 +10,14 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from kernel.clock import to_iso
+from kernel.clock import Clock, to_iso
 from video_index.catalog import CameraCatalog
 from video_index.domain.cameras import STATUSES, Camera, CameraProblem, camera_from, parse_csv, parse_json
+from video_index.domain.health import DAY_MS, availability
+from video_index.ports import SnapshotStore
 
 from .auth import Principal
 
@@ -66,10 +68,30 @@ def camera_routes(
     catalog: CameraCatalog,
     role_in: Callable[[frozenset[str]], Callable[[Principal], Awaitable[Principal]]],
     anyone: Any,
+    *,
+    snapshots: SnapshotStore,
+    authenticate: Callable[[str], Awaitable[Principal | None]],
+    clock: Clock,
 ) -> APIRouter:
     api = APIRouter(prefix="/api")
     writer = Depends(role_in(CAMERA_WRITERS))
     store = catalog.store
+
+    async def header_or_query(
+        authorization: Annotated[str | None, Header()] = None, token: str | None = None
+    ) -> Principal:
+        """`<img>` and `<video>` cannot send headers: the snapshot and the live view take ?token=
+        too (kept out of the access log by the log redaction)."""
+        bearer = authorization and authorization.lower().startswith("bearer ")
+        raw = authorization[7:].strip() if authorization and bearer else token
+        if not raw:
+            raise HTTPException(401, "missing token (Authorization: Bearer, or ?token=)")
+        found = await authenticate(raw)
+        if found is None:
+            raise HTTPException(401, "unknown token")
+        return found
+
+    media_reader = Depends(header_or_query)
 
     @api.post("/cameras", status_code=201, dependencies=[writer])
     async def add_camera(response: Response, body: Annotated[Any, Body()]) -> dict[str, Any]:
@@ -149,8 +171,8 @@ def camera_routes(
         department: Annotated[str | None, Query(max_length=100)] = None,
         within_m: Annotated[float | None, Query(gt=0, le=1_000_000)] = None,
     ) -> list[dict[str, Any]]:
-        if status is not None and status not in STATUSES:
-            raise _bad_query("status", f"one of {', '.join(STATUSES)}")
+        if status is not None and status not in (*STATUSES, "intermittent"):
+            raise _bad_query("status", f"one of {', '.join(STATUSES)}, intermittent")
         if near is None:
             response.headers["X-Total-Count"] = str(await store.count(q=q, department=department, status=status))
             return [
@@ -158,7 +180,7 @@ def camera_routes(
                 for c in await store.list(q=q, department=department, status=status, limit=limit, offset=offset)
             ]
         lat, lon = parse_near(near)
-        statuses = [status] if status else None
+        statuses = ["degraded"] if status == "intermittent" else [status] if status else None
         wanted = limit + offset
         asked = wanted
         while True:
@@ -179,6 +201,25 @@ def camera_routes(
         camera = await store.get(camera_id)
         if camera is None:
             raise HTTPException(404, f"no camera {camera_id!r}")
-        return camera_json(camera)
+        now = clock.now_ms()
+        changes = await store.checks(camera_id, now - DAY_MS)
+        share = availability([(at, status) for at, status, _ in changes], now - DAY_MS, now)
+        return {
+            **camera_json(camera),
+            "availability_24h": None if share is None else round(share, 4),
+            "intermittent": camera.status == "degraded" and camera.reason.startswith("intermittent"),
+            "history": [{"at": to_iso(at), "status": status, "reason": reason} for at, status, reason in changes],
+        }
+
+    @api.get("/cameras/{camera_id}/snapshot", dependencies=[media_reader])
+    async def snapshot(camera_id: str) -> Response:
+        if await store.get(camera_id) is None:
+            raise HTTPException(404, f"no camera {camera_id!r}")
+        found = await snapshots.get(camera_id)
+        if found is None:
+            raise HTTPException(404, f"camera {camera_id!r} has no good frame yet")
+        jpeg, at_ms = found
+        headers = {"Cache-Control": "no-store", "X-Taken-At": to_iso(at_ms)}
+        return Response(jpeg, media_type="image/jpeg", headers=headers)
 
     return api

@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     rules.add_argument("--http-host", help="where its health endpoint listens (default 127.0.0.1)")
     rules.add_argument("--health-port", type=int, default=None, help="serve GET /api/health on this port")
 
+    prober = sub.add_parser(
+        "prober", help="run only the camera watch (a production process; several share the cameras)"
+    )
+    prober.add_argument("--config", type=Path)
+    prober.add_argument("--data-dir", type=Path)
+    prober.add_argument("--http-host", help="where its health endpoint listens (default 127.0.0.1)")
+    prober.add_argument("--health-port", type=int, default=None, help="serve GET /api/health on this port")
+
     mig = sub.add_parser("migrate", help="bring the records database's schema up to date (run once, before the others)")
     mig.add_argument("--config", type=Path)
     mig.add_argument("--data-dir", type=Path)
@@ -135,7 +143,9 @@ async def _serve(settings: Settings, *, ingest: bool = True) -> None:
     _dump_tasks_on_sigusr1()
     # `run` is the all-in-one: it brings its own database's schema up to date; `api` is one
     # production process among several and needs `cityops migrate` to have run.
-    runtime = await start_runtime(settings, SystemClock(), ingest=ingest, rules=ingest, migrate_schema=ingest)
+    runtime = await start_runtime(
+        settings, SystemClock(), ingest=ingest, rules=ingest, migrate_schema=ingest, watch=ingest
+    )
     _settle_memory()
     if settings.demo and runtime.city is not None and ingest:
         runtime.simulator = SimulatorThread(CitySimulation(runtime.city), runtime.mqtt_target(), settings.simulate_rate)
@@ -234,6 +244,18 @@ async def _rules_only(settings: Settings, health_port: int | None) -> None:
             log.info("rules engine stopped cleanly: %s", runtime.rules_engine.stats())
 
 
+async def _prober_only(settings: Settings, health_port: int | None) -> None:
+    if not settings.redis_url:
+        raise ConfigError("`cityops prober` shares the cameras over the Redis bus: set CITYOPS_REDIS_URL")
+    runtime = await start_runtime(settings, SystemClock(), ingest=False, watch=True)
+    try:
+        await _serve_until_stopped(runtime, settings, health_port)
+    finally:
+        await stop_runtime(runtime)
+        if runtime.watch is not None:
+            log.info("camera watch stopped cleanly: %s", runtime.watch.stats())
+
+
 async def _serve_until_stopped(runtime: Runtime, settings: Settings, health_port: int | None) -> None:
     """Wait for SIGTERM/SIGINT, serving GET /api/health on `health_port` meanwhile if given."""
     if health_port is None:
@@ -321,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_gateway_only(settings, args.health_port))
         elif args.command == "rules":
             asyncio.run(_rules_only(settings, args.health_port))
+        elif args.command == "prober":
+            asyncio.run(_prober_only(settings, args.health_port))
         else:
             asyncio.run(_serve(settings, ingest=args.command == "run"))
     except CityOpsError as exc:

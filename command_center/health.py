@@ -56,6 +56,8 @@ async def health_report(runtime: Runtime) -> dict[str, Any]:
         components["gateway"] = runtime.gateway.stats()
     if runtime.rules_engine is not None:
         components["rules"] = runtime.rules_engine.stats()
+    if runtime.watch is not None:
+        components["camera_watch"] = runtime.watch.stats()
     report: dict[str, Any] = _redacted(
         {
             "status": "degraded" if degraded else "ok",

@@ -28,7 +28,11 @@ from kernel.db import database_url, make_engine
 from kernel.ports import Bus, LiveState, TimeSeries
 from kernel.settings import Settings
 from video_index.adapters.cameras_sql import SqlCameras
+from video_index.adapters.snapshots import FileSnapshots, RedisSnapshots
 from video_index.catalog import CameraCatalog
+from video_index.domain.health import HealthPolicy
+from video_index.ports import SnapshotStore
+from video_index.watch import CameraWatch, WatchOptions
 
 from .auth import TokenStore
 from .city import City, city_rules, city_zones, demo_city_path, load_city
@@ -90,7 +94,14 @@ class Runtime:
     simulator: SimulatorThread | None = None
     rules_engine: RulesEngine | None = None
     cameras: CameraCatalog | None = None
+    watch: CameraWatch | None = None
+    snapshots: SnapshotStore | None = None
     roles: tuple[str, ...] = field(default=())
+
+    def snapshot_store(self) -> SnapshotStore:
+        if self.snapshots is None:
+            raise RuntimeError("the snapshot store is not open")
+        return self.snapshots
 
     def catalog(self) -> CameraCatalog:
         if self.cameras is None:
@@ -189,8 +200,44 @@ async def start_rules(runtime: Runtime) -> RulesEngine:
     return engine
 
 
+def make_snapshots(settings: Settings) -> SnapshotStore:
+    if settings.redis_url:
+        return RedisSnapshots(settings.redis_url, settings.redis_prefix)
+    return FileSnapshots(settings.data_dir / "snapshots")
+
+
+async def start_watch(runtime: Runtime) -> CameraWatch:
+    """The camera watch in this process (`cityops run`, or the `cityops prober` process)."""
+    s = runtime.settings
+    watch = CameraWatch(
+        catalog=runtime.catalog(),
+        bus=runtime.bus,
+        snapshots=runtime.snapshot_store(),
+        clock=runtime.clock,
+        options=WatchOptions(
+            liveness_every_s=s.camera_liveness_every_s,
+            liveness_timeout_s=s.camera_liveness_timeout_s,
+            liveness_concurrency=s.camera_liveness_concurrency,
+            full_every_s=s.camera_full_every_s,
+            full_workers=s.camera_full_workers,
+            open_timeout_s=s.camera_open_timeout_s,
+            read_timeout_s=s.camera_read_timeout_s,
+        ),
+        policy=HealthPolicy(intermittent_flips=s.camera_intermittent_flips, settle_ms=int(s.camera_settle_s * 1000)),
+    )
+    await watch.start()
+    runtime.watch = watch
+    return watch
+
+
 async def start_runtime(
-    settings: Settings, clock: Clock, *, ingest: bool = True, rules: bool = False, migrate_schema: bool = False
+    settings: Settings,
+    clock: Clock,
+    *,
+    ingest: bool = True,
+    rules: bool = False,
+    migrate_schema: bool = False,
+    watch: bool = False,
 ) -> Runtime:
     """Open stores, load the city, start the broker (embedded), the gateway and the rules engine.
 
@@ -227,12 +274,15 @@ async def start_runtime(
     )
     runtime.cameras = CameraCatalog(SqlCameras(engine), runtime.bus, clock)
     await runtime.cameras.start()
+    runtime.snapshots = make_snapshots(settings)
     if rules:
         await start_rules(runtime)
+    if watch and settings.watch_cameras:
+        await start_watch(runtime)
     if not ingest:
-        runtime.roles = ("rules",) if rules else ("api",)
+        runtime.roles = tuple(r for r, on in (("rules", rules), ("prober", watch)) if on) or ("api",)
         return runtime
-    runtime.roles = ("gateway", "rules") if rules else ("gateway",)
+    runtime.roles = ("gateway", *(r for r, on in (("rules", rules), ("prober", watch)) if on))
     runtime.gateway = gateway = _gateway(runtime)
     if settings.embedded_broker:
         runtime.broker = EmbeddedBroker("127.0.0.1", settings.mqtt_port)
@@ -267,8 +317,12 @@ async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -
         await runtime.rules_engine.stop()
     if runtime.broker is not None:
         await runtime.broker.stop()
+    if runtime.watch is not None:
+        await runtime.watch.stop()
     if runtime.cameras is not None:
         await runtime.cameras.stop()
+    if runtime.snapshots is not None:
+        await runtime.snapshots.close()
     await runtime.series.close()
     await runtime.live.close()
     await runtime.bus.close()

@@ -218,9 +218,21 @@ class MemoryBus:
         self._claim_idle_s = claim_idle_s
         self._published = asyncio.Event()
         self._leases = MemoryLeases()
+        self._members: dict[str, dict[str, float]] = {}
 
     def lease(self, name: str, owner: str, ttl_s: float) -> MemoryLease:
         return self._leases.lease(name, owner, ttl_s)
+
+    async def members(self, group: str, name: str, ttl_s: float) -> list[str]:
+        now = time.monotonic()
+        seen = self._members.setdefault(group, {})
+        seen[name] = now + ttl_s
+        for other in [m for m, until in seen.items() if until <= now]:
+            del seen[other]
+        return sorted(seen)
+
+    async def leave(self, group: str, name: str) -> None:
+        self._members.get(group, {}).pop(name, None)
 
     def _stream(self, topic: str) -> _Stream:
         stream = self._streams.get(topic)

@@ -276,6 +276,29 @@ class RedisBus:
     def lease(self, name: str, owner: str, ttl_s: float) -> RedisLease:
         return RedisLease(self.redis, f"{self._prefix}lease:{name}", owner, ttl_s)
 
+    async def members(self, group: str, name: str, ttl_s: float) -> list[str]:
+        # A sorted set of members scored by when each last said it was alive, by Redis's clock
+        # (one clock for everyone): the ones silent past the time to live are dropped.
+        key = f"{self._prefix}members:{group}"
+        try:
+            seconds, micros = await self.redis.time()
+            now = seconds + micros / 1e6
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.zadd(key, {name: now})
+            pipe.zremrangebyscore(key, "-inf", now - ttl_s)
+            pipe.zrange(key, 0, -1)
+            pipe.expire(key, max(1, int(ttl_s * 10)))
+            _added, _dropped, names, _ttl = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis bus: {exc}") from exc
+        return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+    async def leave(self, group: str, name: str) -> None:
+        try:
+            await self.redis.zrem(f"{self._prefix}members:{group}", name)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis bus: {exc}") from exc
+
     def channel(self, topic: str) -> str:
         return f"{self._prefix}bus:live:{topic}"
 

@@ -95,6 +95,20 @@ class Settings(BaseSettings):
     flap_quiet_s: float = Field(default=900.0, gt=0)
     flood_max: int = Field(default=10, ge=2)
     flood_window_s: float = Field(default=600.0, gt=0)
+    # The camera watch (video_index/watch.py): liveness probes of every camera, full frame checks
+    # round robin, in worker processes.
+    watch_cameras: bool = True
+    camera_liveness_every_s: float = Field(default=30.0, gt=0)
+    camera_liveness_timeout_s: float = Field(default=3.0, gt=0)
+    camera_liveness_concurrency: int = Field(default=500, ge=1)
+    camera_full_every_s: float = Field(default=300.0, gt=0)
+    camera_full_workers: int = Field(default=2, ge=1)
+    camera_open_timeout_s: float = Field(default=5.0, gt=0)
+    camera_read_timeout_s: float = Field(default=5.0, gt=0)
+    # Outages (up-down changes) within a day that make a camera intermittent, and how long it
+    # must hold one result to be shown as it is again.
+    camera_intermittent_flips: int = Field(default=6, ge=2)
+    camera_settle_s: float = Field(default=7200.0, gt=0)
     # How long a stop waits for the stores to take what was received; what is left then stays
     # unacknowledged, and the broker delivers it again to the next gateway.
     shutdown_write_timeout_s: float = Field(default=30.0, gt=0)

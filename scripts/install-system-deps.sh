@@ -14,6 +14,10 @@ command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+# ffmpeg makes the test and demo streams and remuxes RTSP cameras into HLS for the live view;
+# rtsp-server-perl is a real RTSP server (a relay ffmpeg publishes into) for the RTSP tests.
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+command -v rtsp-server-perl >/dev/null 2>&1 || need+=(rtsp-server-perl)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

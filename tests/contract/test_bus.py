@@ -348,6 +348,20 @@ async def test_a_lease_nobody_renews_expires_and_another_takes_it(make_bus: Make
     assert await b.holder() == "b"
 
 
+async def test_members_of_a_group_see_each_other_and_a_silent_one_drops_out(make_bus: MakeBus) -> None:
+    bus = make_bus()
+    assert await bus.members("probers", "p2", 0.5) == ["p2"]
+    assert await bus.members("probers", "p1", 0.5) == ["p1", "p2"]
+    assert await bus.members("other", "x", 0.5) == ["x"], "groups apart"
+    await asyncio.sleep(0.3)
+    assert await bus.members("probers", "p1", 0.5) == ["p1", "p2"]
+    await asyncio.sleep(0.3)
+    assert await bus.members("probers", "p1", 0.5) == ["p1"], "p2 said nothing for longer than its time to live"
+    await bus.members("probers", "p3", 0.5)
+    await bus.leave("probers", "p3")
+    assert await bus.members("probers", "p1", 0.5) == ["p1"]
+
+
 async def test_redis_a_lease_without_redis_is_a_store_error(redis_url: str) -> None:
     from kernel.errors import StoreError
     from tests.servers import free_port

@@ -148,14 +148,23 @@ class SqlCameras:
         return await asyncio.to_thread(self._list, None, None, None, None, 10**9, 0)
 
     async def set_health(
-        self, camera_id: str, status: str, reason: str, checked_ms: int, changed: bool
+        self, camera_id: str, status: str, reason: str, checked_ms: int, *, shown_changed: bool, raw: str | None
     ) -> Camera | None:
-        """Record a check; a change of status is also a row of the camera's history."""
-        return await asyncio.to_thread(self._set_health, camera_id, status, reason, checked_ms, changed)
+        """Record a check whose shown status or reason changed; `raw` (the check's own result,
+        when that changed) is also a row of the camera's history."""
+        return await asyncio.to_thread(self._set_health, camera_id, status, reason, checked_ms, shown_changed, raw)
 
     async def checks(self, camera_id: str, since_ms: int) -> builtins.list[tuple[int, str, str]]:
         """The camera's changes of status since `since_ms` (and the last one before), oldest first."""
         return await asyncio.to_thread(self._checks, camera_id, since_ms)
+
+    async def touch(self, camera_ids: Sequence[str], checked_ms: int) -> None:
+        """Checked again with the same result: only `last_checked` moves (one statement per batch)."""
+        await asyncio.to_thread(self._touch, list(camera_ids), checked_ms)
+
+    async def all_checks(self, since_ms: int) -> dict[str, builtins.list[tuple[int, str]]]:
+        """Every camera's changes of raw result since `since_ms`, oldest first (the watch's memory)."""
+        return await asyncio.to_thread(self._all_checks, since_ms)
 
     async def prune_checks(self, before_ms: int) -> int:
         return await asyncio.to_thread(self._prune_checks, before_ms)
@@ -230,6 +239,10 @@ class SqlCameras:
 
     @staticmethod
     def _where(query: Any, q: str | None, department: str | None, status: str | None) -> Any:
+        if status == "intermittent":
+            return SqlCameras._where(query, q, department, "degraded").where(
+                cameras.c.reason.startswith("intermittent", autoescape=True)
+            )
         if q:
             needle = q.lower()
             # Text search over id, name, department and tags; LIKE's own wildcards in q are literal.
@@ -267,19 +280,21 @@ class SqlCameras:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot count cameras: {exc}") from exc
 
-    def _set_health(self, camera_id: str, status: str, reason: str, checked_ms: int, changed: bool) -> Camera | None:
+    def _set_health(
+        self, camera_id: str, status: str, reason: str, checked_ms: int, shown_changed: bool, raw: str | None
+    ) -> Camera | None:
         values: dict[str, Any] = {"status": status, "reason": reason[:500], "last_checked_ms": checked_ms}
-        if changed:
+        if shown_changed:
             values["status_since_ms"] = checked_ms
         try:
             with self._engine.begin() as conn:
                 done = conn.execute(update(cameras).where(cameras.c.id == camera_id).values(**values)).rowcount
                 if not done:
                     return None
-                if changed:
+                if raw is not None:
                     conn.execute(
                         insert(camera_checks).values(
-                            camera_id=camera_id, at_ms=checked_ms, status=status, reason=reason[:500]
+                            camera_id=camera_id, at_ms=checked_ms, status=raw, reason=reason[:500]
                         )
                     )
                 row = conn.execute(select(cameras).where(cameras.c.id == camera_id)).first()
@@ -302,6 +317,27 @@ class SqlCameras:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the camera's history: {exc}") from exc
         return [(int(r.at_ms), str(r.status), str(r.reason)) for r in rows]
+
+    def _touch(self, camera_ids: builtins.list[str], checked_ms: int) -> None:
+        try:
+            with self._engine.begin() as conn:
+                for start in range(0, len(camera_ids), _CHUNK):
+                    chunk = camera_ids[start : start + _CHUNK]
+                    conn.execute(update(cameras).where(cameras.c.id.in_(chunk)).values(last_checked_ms=checked_ms))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record checks: {exc}") from exc
+
+    def _all_checks(self, since_ms: int) -> dict[str, builtins.list[tuple[int, str]]]:
+        c = camera_checks.c
+        query = select(c.camera_id, c.at_ms, c.status).where(c.at_ms >= since_ms).order_by(c.camera_id, c.at_ms)
+        out: dict[str, builtins.list[tuple[int, str]]] = {}
+        try:
+            with self._engine.connect() as conn:
+                for row in conn.execute(query):
+                    out.setdefault(row.camera_id, []).append((int(row.at_ms), str(row.status)))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read camera history: {exc}") from exc
+        return out
 
     def _prune_checks(self, before_ms: int) -> int:
         try:
