@@ -222,6 +222,7 @@ async def start_watch(runtime: Runtime) -> CameraWatch:
             full_workers=s.camera_full_workers,
             open_timeout_s=s.camera_open_timeout_s,
             read_timeout_s=s.camera_read_timeout_s,
+            member_ttl_s=s.camera_member_ttl_s,
         ),
         policy=HealthPolicy(intermittent_flips=s.camera_intermittent_flips, settle_ms=int(s.camera_settle_s * 1000)),
     )

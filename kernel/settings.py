@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     # Outages (up-down changes) within a day that make a camera intermittent, and how long it
     # must hold one result to be shown as it is again.
     camera_intermittent_flips: int = Field(default=6, ge=2)
+    # Probers sharing the cameras: one silent this long is dropped and its cameras shared out.
+    camera_member_ttl_s: float = Field(default=15.0, gt=0)
     camera_settle_s: float = Field(default=7200.0, gt=0)
     # How long a stop waits for the stores to take what was received; what is left then stays
     # unacknowledged, and the broker delivers it again to the next gateway.

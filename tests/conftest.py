@@ -60,3 +60,21 @@ def redis_url(redis_server: servers.Server) -> str:
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def hls_url(server_dir: Path) -> Iterator[str]:
+    """A live HLS test stream made by ffmpeg, served over HTTP."""
+    ffmpeg, http = servers.hls_stream(server_dir)
+    yield f"{http.url}/index.m3u8"
+    ffmpeg.stop()
+    http.stop()
+
+
+@pytest.fixture(scope="session")
+def rtsp_url(server_dir: Path) -> Iterator[str]:
+    """A live RTSP test stream: ffmpeg pushing into Debian's rtsp-server-perl relay."""
+    relay, push, url = servers.rtsp_stream(server_dir)
+    yield url
+    push.stop()
+    relay.stop()

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -76,6 +77,10 @@ class Server:
         try:
             if self.ready == "influx":
                 _wait_http(f"http://127.0.0.1:{self.port}/ping")
+            elif self.ready == "none":
+                time.sleep(0.2)
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"exited with {self.proc.returncode}")
             else:
                 wait_tcp(self.port)
         except RuntimeError:
@@ -243,3 +248,129 @@ def new_database(server: Server, name: str) -> str:
     with psycopg.connect(f"host=127.0.0.1 port={server.port} user=postgres dbname=postgres", autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
     return f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
+
+
+def hls_stream(workdir: Path, name: str = "hls") -> tuple[Server, Server]:
+    """An ffmpeg-made live HLS stream (H.264 test card, 1 s segments) and an HTTP server for it:
+    (ffmpeg, http). The playlist is at {http.url}/index.m3u8."""
+    folder = workdir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    ffmpeg = Server(
+        f"ffmpeg-{name}",
+        0,
+        "",
+        workdir,
+        [
+            binary("ffmpeg"),
+            "-hide_banner",
+            "-loglevel",
+            "warning",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "10",
+            "-f",
+            "hls",
+            "-hls_time",
+            "1",
+            "-hls_list_size",
+            "6",
+            "-hls_flags",
+            "delete_segments",
+            str(folder / "index.m3u8"),
+        ],
+        ready="none",
+    )
+    ffmpeg.start()
+    deadline = time.monotonic() + 20
+    while not (folder / "index.m3u8").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("ffmpeg made no HLS playlist: " + (ffmpeg.log_path or folder).read_text()[-2000:])
+        time.sleep(0.1)
+    port = free_port()
+    http = Server(
+        f"http-{name}",
+        port,
+        f"http://127.0.0.1:{port}",
+        workdir,
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)],
+    )
+    http.start()
+    return ffmpeg, http
+
+
+def rtsp_stream(workdir: Path, path: str = "cam1") -> tuple[Server, Server, str]:
+    """Debian's rtsp-server-perl relay with an ffmpeg test card pushed into it (UDP transport):
+    (relay, ffmpeg, the rtsp:// URL cameras are read from)."""
+    client, source = free_port(), free_port()
+    relay = Server(
+        "rtsp-relay",
+        client,
+        f"rtsp://127.0.0.1:{client}/{path}",
+        workdir,
+        [
+            binary("rtsp-server-perl"),
+            "--clientport",
+            str(client),
+            "--serverport",
+            str(source),
+            "--client_listen_address",
+            "127.0.0.1",
+            "--source_listen_address",
+            "127.0.0.1",
+            "--rtp_start_port",
+            str(20000 + (client % 20000)),
+        ],
+    )
+    relay.start()
+    wait_tcp(source)
+    push = Server(
+        "rtsp-push",
+        0,
+        "",
+        workdir,
+        [
+            binary("ffmpeg"),
+            "-hide_banner",
+            "-loglevel",
+            "warning",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "10",
+            "-f",
+            "rtsp",
+            f"rtsp://127.0.0.1:{source}/{path}",
+        ],
+        ready="none",
+    )
+    push.start()
+    time.sleep(1.0)  # the relay announces the stream once ffmpeg has set it up
+    return relay, push, relay.url
+
+
+def accept_and_hang() -> tuple[socket.socket, int]:
+    """A port whose connections are taken (by the kernel's backlog) and never answered."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    port: int = sock.getsockname()[1]
+    return sock, port

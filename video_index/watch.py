@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 import socket
 import zlib
 from collections.abc import Sequence
@@ -55,7 +56,8 @@ class WatchOptions:
     read_timeout_s: float = 5.0
     frame_interval_s: float = 1.5
     member_ttl_s: float = 15.0
-    name: str = field(default_factory=lambda: f"prober-{socket.gethostname()}-{os.getpid()}")
+    # Unique per watch (two in one process, in tests, are two members).
+    name: str = field(default_factory=lambda: f"prober-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
 
 
 @dataclass(slots=True)
@@ -217,7 +219,11 @@ class CameraWatch:
 
         async def probe(item: _Watched) -> None:
             async with limit:
-                item.live = await liveness(item.camera.stream_url, self._opts.liveness_timeout_s)
+                live = await liveness(item.camera.stream_url, self._opts.liveness_timeout_s)
+            if live.up and item.live is not None and not item.live.up:
+                # Back: what the last full check saw (no frames) is over; look again soon.
+                item.full, item.full_at_ms = None, 0
+            item.live = live
 
         await asyncio.gather(*(probe(w) for w in watched))
         now = self._clock.now_ms()
@@ -236,12 +242,13 @@ class CameraWatch:
 
     def _combined(self, item: _Watched) -> Check:
         """One raw result from the last liveness probe and the last full check: down if the
-        liveness probe failed; else what the full check saw, if it is recent; else up."""
+        liveness probe failed; else what the last full check saw (it stands until the next one:
+        a frozen picture does not come back to life because the camera still answers); else up."""
         now = self._clock.now_ms()
         live = item.live
         if live is not None and not live.up:
             return Check(now, "offline", live.reason)
-        if item.full is not None and now - item.full_at_ms <= 2 * self._opts.full_every_s * 1000:
+        if item.full is not None:
             return Check(now, item.full.status, item.full.reason)
         return Check(now, "online", live.reason if live is not None else "answers")
 

@@ -69,13 +69,16 @@ def embedded_settings(data_dir: Path, **extra: Any) -> Settings:
 
 
 @asynccontextmanager
-async def open_center(request: pytest.FixtureRequest, tmp_path: Path, mode: str, **extra: Any) -> AsyncIterator[Center]:
-    """A started command center on the embedded default or the real servers, with these settings."""
+async def open_center(
+    request: pytest.FixtureRequest, tmp_path: Path, mode: str, *, watch: bool = False, **extra: Any
+) -> AsyncIterator[Center]:
+    """A started command center on the embedded default or the real servers, with these settings
+    (`watch`: with the camera watch running, as `cityops run` has it)."""
     if mode == "embedded":
         settings = embedded_settings(tmp_path / "data", **extra)
     else:
         settings = production_settings(request, tmp_path / "data", mqtt_client_id=f"gw-{tmp_path.name}", **extra)
-    runtime = await start_runtime(settings, SystemClock(), rules=True, migrate_schema=True)
+    runtime = await start_runtime(settings, SystemClock(), rules=True, migrate_schema=True, watch=watch)
     target = runtime.mqtt_target()
     sensor = Publisher(target.host, target.port)
     try:

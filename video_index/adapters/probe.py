@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import ssl
 import time
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,8 @@ class FrameChecker:
     those is run again alone, in a one-worker pool kept for that: the one that breaks it again is
     the stream that crashes the decoder, reported as such; the others get their answer."""
 
-    def __init__(self, workers: int = 2) -> None:
+    def __init__(self, workers: int = 2, check: Callable[[str, float, float, float], FrameCheck] | None = None) -> None:
+        self._check = check or check_frames  # a test swaps in one that crashes
         self._workers = workers
         self._pool = self._new_pool(workers)
         self._alone = self._new_pool(1)
@@ -194,14 +196,14 @@ class FrameChecker:
         args = (url, open_timeout_s, read_timeout_s, interval_s)
         pool = self._pool
         try:
-            return await loop.run_in_executor(pool, check_frames, *args)
+            return await loop.run_in_executor(pool, self._check, *args)
         except BrokenProcessPool:
             if pool is self._pool:
                 pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._new_pool(self._workers)
         async with self._alone_lock:
             try:
-                return await loop.run_in_executor(self._alone, check_frames, *args)
+                return await loop.run_in_executor(self._alone, self._check, *args)
             except BrokenProcessPool:
                 self.crashes += 1
                 self._alone.shutdown(wait=False, cancel_futures=True)

@@ -100,10 +100,10 @@ def judge(state: HealthState, check: Check, policy: HealthPolicy = HealthPolicy(
     flips = tuple(t for t in flips if check.at_ms - t <= policy.flip_window_ms)
     raw_since = check.at_ms if raw_changed or state.raw_since_ms is None else state.raw_since_ms
     intermittent = state.intermittent
-    if len(flips) >= policy.intermittent_flips:
+    if intermittent and check.at_ms - raw_since >= policy.settle_ms:
+        intermittent, flips = False, ()  # settled: its outages are counted afresh
+    elif len(flips) >= policy.intermittent_flips:
         intermittent = True
-    elif intermittent and check.at_ms - raw_since >= policy.settle_ms:
-        intermittent = False
     if intermittent:
         now = "up" if _up(check.status) else "down"
         status: Status = "degraded"
