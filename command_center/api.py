@@ -283,6 +283,7 @@ def build_app(runtime: Runtime) -> FastAPI:
             role_in,
             anyone,
             snapshots=runtime.snapshot_store(),
+            live=runtime.live_view(),
             authenticate=authenticate,
             clock=clock,
         )

@@ -8,15 +8,18 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 
 from kernel.clock import Clock, to_iso
 from video_index.catalog import CameraCatalog
 from video_index.domain.cameras import STATUSES, Camera, CameraProblem, camera_from, parse_csv, parse_json
 from video_index.domain.health import DAY_MS, availability
+from video_index.live import HLS_TYPE, LiveError, LiveViews, kind_of
 from video_index.ports import SnapshotStore
 
 from .auth import Principal
@@ -70,6 +73,7 @@ def camera_routes(
     anyone: Any,
     *,
     snapshots: SnapshotStore,
+    live: LiveViews,
     authenticate: Callable[[str], Awaitable[Principal | None]],
     clock: Clock,
 ) -> APIRouter:
@@ -221,5 +225,49 @@ def camera_routes(
         jpeg, at_ms = found
         headers = {"Cache-Control": "no-store", "X-Taken-At": to_iso(at_ms)}
         return Response(jpeg, media_type="image/jpeg", headers=headers)
+
+    async def _playable(camera_id: str) -> Camera:
+        camera = await store.get(camera_id)
+        if camera is None:
+            raise HTTPException(404, f"no camera {camera_id!r}")
+        if camera.status == "offline":
+            # Said at once: a viewer waiting on a dead camera's timeout helps no one.
+            raise HTTPException(503, f"camera {camera_id} is offline: {camera.reason}")
+        return camera
+
+    def _query(token: str | None) -> str:
+        return f"?token={quote(token)}" if token else ""
+
+    @api.get("/cameras/{camera_id}/live", dependencies=[media_reader], response_model=None)
+    async def live_view(camera_id: str, token: str | None = None) -> Response | StreamingResponse:
+        """Something a browser plays: an MJPEG stream, or an HLS playlist whose parts come from here."""
+        camera = await _playable(camera_id)
+        base = f"/api/cameras/{quote(camera_id)}/live"
+        try:
+            kind = kind_of(camera)
+            if kind == "mjpeg":
+                content_type, body = await live.mjpeg(camera)
+                return StreamingResponse(body, media_type=content_type, headers={"Cache-Control": "no-store"})
+            if kind == "hls":
+                text = await live.hls_playlist(camera, base, _query(token))
+            else:
+                text = await live.remux_playlist(camera, base, _query(token))
+        except LiveError as exc:
+            raise HTTPException(exc.status, exc.message) from exc
+        return Response(text, media_type=HLS_TYPE, headers={"Cache-Control": "no-store"})
+
+    @api.get("/cameras/{camera_id}/live/{part}", dependencies=[media_reader])
+    async def live_part(camera_id: str, part: str, token: str | None = None) -> Response:
+        camera = await _playable(camera_id)
+        base = f"/api/cameras/{quote(camera_id)}/live"
+        try:
+            if kind_of(camera) == "hls":
+                content_type, data = await live.hls_part(camera, part, base, _query(token))
+            else:
+                data = await live.remux_part(camera, part)
+                content_type = HLS_TYPE if part.endswith(".m3u8") else "video/mp2t"
+        except LiveError as exc:
+            raise HTTPException(exc.status, exc.message) from exc
+        return Response(data, media_type=content_type, headers={"Cache-Control": "no-store"})
 
     return api

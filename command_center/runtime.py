@@ -31,6 +31,7 @@ from video_index.adapters.cameras_sql import SqlCameras
 from video_index.adapters.snapshots import FileSnapshots, RedisSnapshots
 from video_index.catalog import CameraCatalog
 from video_index.domain.health import HealthPolicy
+from video_index.live import LiveOptions, LiveViews
 from video_index.ports import SnapshotStore
 from video_index.watch import CameraWatch, WatchOptions
 
@@ -96,12 +97,18 @@ class Runtime:
     cameras: CameraCatalog | None = None
     watch: CameraWatch | None = None
     snapshots: SnapshotStore | None = None
+    live_views: LiveViews | None = None
     roles: tuple[str, ...] = field(default=())
 
     def snapshot_store(self) -> SnapshotStore:
         if self.snapshots is None:
             raise RuntimeError("the snapshot store is not open")
         return self.snapshots
+
+    def live_view(self) -> LiveViews:
+        if self.live_views is None:
+            raise RuntimeError("the live view is not set up")
+        return self.live_views
 
     def catalog(self) -> CameraCatalog:
         if self.cameras is None:
@@ -276,6 +283,7 @@ async def start_runtime(
     runtime.cameras = CameraCatalog(SqlCameras(engine), runtime.bus, clock)
     await runtime.cameras.start()
     runtime.snapshots = make_snapshots(settings)
+    runtime.live_views = LiveViews(LiveOptions(max_remuxes=settings.live_max_remuxes, idle_s=settings.live_idle_s))
     if rules:
         await start_rules(runtime)
     if watch and settings.watch_cameras:
@@ -324,6 +332,8 @@ async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -
         await runtime.cameras.stop()
     if runtime.snapshots is not None:
         await runtime.snapshots.close()
+    if runtime.live_views is not None:
+        await runtime.live_views.close()
     await runtime.series.close()
     await runtime.live.close()
     await runtime.bus.close()

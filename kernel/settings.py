@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     # Outages (up-down changes) within a day that make a camera intermittent, and how long it
     # must hold one result to be shown as it is again.
     camera_intermittent_flips: int = Field(default=6, ge=2)
+    # Live view: RTSP cameras remuxed to HLS by ffmpeg children, at most this many at once, each
+    # stopped once no viewer has asked for anything for `live_idle_s`.
+    live_max_remuxes: int = Field(default=8, ge=1)
+    live_idle_s: float = Field(default=15.0, gt=0)
     # Probers sharing the cameras: one silent this long is dropped and its cameras shared out.
     camera_member_ttl_s: float = Field(default=15.0, gt=0)
     camera_settle_s: float = Field(default=7200.0, gt=0)
