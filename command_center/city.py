@@ -63,6 +63,20 @@ class Zone(BaseModel):
     polygon: list[LatLon] = Field(min_length=3)
 
 
+class SimulatedCamera(BaseModel):
+    """A demo camera served by the camera simulator (video_index/simulator.py): `behaves` says
+    how (ok, black, frozen, blur, flaky, garbage, hang; dead: nothing listens)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    name: str
+    department: str
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    behaves: Literal["ok", "black", "frozen", "blur", "flaky", "garbage", "hang", "dead"] = "ok"
+    tags: list[str] = Field(default_factory=list)
+
+
 class City(BaseModel):
     """A whole city config file (the `settings:` section is read by kernel.settings)."""
 
@@ -77,6 +91,9 @@ class City(BaseModel):
     forbidden_zones: list[Zone] = Field(default_factory=list)
     # Rules change or disable the defaults by id, or add new ones (alerts/domain/rules.py).
     rules: list[dict[str, Any]] = Field(default_factory=list)
+    # Cameras of the catalog (the same fields as an import), and the demo's simulated ones.
+    cameras: list[dict[str, Any]] = Field(default_factory=list)
+    simulated_cameras: list[SimulatedCamera] = Field(default_factory=list)
 
     @field_validator("devices")
     @classmethod

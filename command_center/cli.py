@@ -21,9 +21,10 @@ from kernel.errors import CityOpsError, ConfigError
 from kernel.events import TOPICS, to_json_dict
 from kernel.redact import install_log_redaction, redact_text
 from kernel.settings import Settings, load_settings
+from video_index.simulator import CameraSimulator
 
 from .city import demo_city_path, load_city
-from .runtime import Runtime, make_bus, mqtt_target, start_runtime, stop_runtime
+from .runtime import Runtime, load_city_cameras, make_bus, mqtt_target, start_runtime, stop_runtime
 from .simulator import SCENARIOS, CitySimulation, SimulatorThread
 
 log = logging.getLogger("cityops")
@@ -147,9 +148,14 @@ async def _serve(settings: Settings, *, ingest: bool = True) -> None:
         settings, SystemClock(), ingest=ingest, rules=ingest, migrate_schema=ingest, watch=ingest
     )
     _settle_memory()
+    cameras: CameraSimulator | None = None
     if settings.demo and runtime.city is not None and ingest:
         runtime.simulator = SimulatorThread(CitySimulation(runtime.city), runtime.mqtt_target(), settings.simulate_rate)
         runtime.simulator.start()
+        cameras = CameraSimulator(port=settings.camera_simulator_port)
+        await cameras.start()
+    if runtime.city is not None and ingest:
+        log.info("%d cameras of the city in the catalog", await load_city_cameras(runtime, cameras))
     from .api import build_app  # the API pulls in FastAPI; only `run` needs it
 
     app = build_app(runtime)
@@ -167,6 +173,8 @@ async def _serve(settings: Settings, *, ingest: bool = True) -> None:
         if runtime.simulator is not None:
             await asyncio.to_thread(runtime.simulator.stop)
         await stop_runtime(runtime)
+        if cameras is not None:
+            await cameras.stop()
         log.info("stopped cleanly")
 
 

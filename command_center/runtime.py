@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -30,9 +31,11 @@ from kernel.settings import Settings
 from video_index.adapters.cameras_sql import SqlCameras
 from video_index.adapters.snapshots import FileSnapshots, RedisSnapshots
 from video_index.catalog import CameraCatalog
+from video_index.domain.cameras import parse_json
 from video_index.domain.health import HealthPolicy
 from video_index.live import LiveOptions, LiveViews
 from video_index.ports import SnapshotStore
+from video_index.simulator import CameraSimulator
 from video_index.watch import CameraWatch, WatchOptions
 
 from .auth import TokenStore
@@ -236,6 +239,24 @@ async def start_watch(runtime: Runtime) -> CameraWatch:
     await watch.start()
     runtime.watch = watch
     return watch
+
+
+async def load_city_cameras(runtime: Runtime, simulator: CameraSimulator | None = None) -> int:
+    """The city config's cameras into the catalog, and with a simulator its simulated ones, each
+    pointed at the simulator's stream for how it behaves (a `dead` one at a port nobody serves)."""
+    city = runtime.city
+    if city is None:
+        return 0
+    rows: list[dict[str, Any]] = list(city.cameras)
+    if simulator is not None:
+        for sim in city.simulated_cameras:
+            url = "http://127.0.0.1:9/dead.mjpg" if sim.behaves == "dead" else simulator.url(f"{sim.behaves}-{sim.id}")
+            rows.append({**sim.model_dump(exclude={"behaves"}), "stream_url": url})
+    parsed = parse_json(rows)
+    for rejected in parsed.rejected:
+        log.warning("city camera %d refused: %s", rejected.line, rejected.reason)
+    done = await runtime.catalog().import_cameras(parsed)
+    return done.imported
 
 
 async def start_runtime(

@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     # stopped once no viewer has asked for anything for `live_idle_s`.
     live_max_remuxes: int = Field(default=8, ge=1)
     live_idle_s: float = Field(default=15.0, gt=0)
+    # The demo's camera simulator listens here (0: a free port).
+    camera_simulator_port: int = Field(default=0, ge=0, le=65535)
     # Probers sharing the cameras: one silent this long is dropped and its cameras shared out.
     camera_member_ttl_s: float = Field(default=15.0, gt=0)
     camera_settle_s: float = Field(default=7200.0, gt=0)

@@ -127,6 +127,18 @@ def test_demo_shows_readings_flowing(tmp_path: Path) -> None:
         health = client.get("/api/health").json()
         assert health["status"] == "ok"
         assert sum(health["dead_letters"].values()) == 0
+        # The demo's cameras, served by the camera simulator and judged by the watch.
+        cameras = client.get("/api/cameras", params={"limit": 100}).json()
+        assert len(cameras) == 22
+
+        def judged(camera_id: str, status: str) -> bool:
+            return bool(client.get(f"/api/cameras/{camera_id}").json()["status"] == status)
+
+        wait_for(lambda: judged("cam-tielu-dam", "online"), timeout_s=60)
+        wait_for(lambda: judged("cam-yunlong-gate", "offline"), timeout_s=60)
+        wait_for(lambda: judged("cam-haidian-b8", "degraded"), timeout_s=60)
+        near = client.get("/api/cameras", params={"near": "19.930,110.252", "limit": 2}).json()
+        assert [c["id"] for c in near] == ["cam-tielu-dam", "cam-tielu-spill"]
 
 
 def test_simulate_command_feeds_a_gateway_process(tmp_path: Path, mosquitto_server: servers.Server) -> None:
