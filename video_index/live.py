@@ -91,11 +91,15 @@ class LiveViews:
         self._reaper: asyncio.Task[None] | None = None
         self.started = 0
 
+    async def stop_all(self) -> None:
+        """Stop every remux now (the next viewer starts one anew)."""
+        for camera_id in list(self._remuxes):
+            await self._stop(camera_id)
+
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
-        for camera_id in list(self._remuxes):
-            await self._stop(camera_id)
+        await self.stop_all()
         await self._http.aclose()
 
     def stats(self) -> dict[str, object]:

@@ -86,7 +86,7 @@ class CameraSimulator:
         return f"http://{self.host}:{self.port}/{name}.mjpg"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=8192)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=8192, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("camera simulator on http://%s:%d/", self.host, self.port)
 

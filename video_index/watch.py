@@ -33,7 +33,7 @@ from kernel.errors import StoreError
 from kernel.events import CameraChanged, CameraStatusChanged
 from kernel.ports import Bus
 
-from .adapters.cameras_sql import SqlCameras
+from .adapters.cameras_sql import Health, SqlCameras
 from .adapters.probe import FrameChecker, Liveness, liveness
 from .catalog import CameraCatalog
 from .domain.cameras import Camera
@@ -144,6 +144,10 @@ class CameraWatch:
             await self._bus.leave(GROUP, self._opts.name)
         self._checker.close()
 
+    async def load(self) -> None:
+        """Load this process's share of the cameras with their judged state (start() does)."""
+        await self._reload()
+
     async def _reload(self) -> None:
         now = self._clock.now_ms()
         cameras = await self._store.all()
@@ -227,12 +231,9 @@ class CameraWatch:
 
         await asyncio.gather(*(probe(w) for w in watched))
         now = self._clock.now_ms()
-        unchanged: list[str] = []
-        for item in watched:
-            if item.camera.id not in self._watched:
-                continue  # removed meanwhile
-            if not await self._observe(item, self._combined(item), now):
-                unchanged.append(item.camera.id)
+        present = [w for w in watched if w.camera.id in self._watched]  # some removed meanwhile
+        changed = await self._observe_many([(w, self._combined(w)) for w in present], now)
+        unchanged = [w.camera.id for w in present if w.camera.id not in changed]
         if unchanged:
             await self._store.touch(unchanged, now)
         up = sum(1 for w in watched if w.live is not None and w.live.up)
@@ -253,38 +254,43 @@ class CameraWatch:
         return Check(now, "online", live.reason if live is not None else "answers")
 
     async def _observe(self, item: _Watched, check: Check, now: int) -> bool:
-        """Judge a check; record and publish what changed. Whether anything was written."""
-        state, raw_changed = judge(item.state, check, self._policy)
-        before = item.state
-        item.state = state
-        shown_changed = state.status != before.status
-        if not (shown_changed or raw_changed or state.reason != before.reason):
-            return False
-        camera = await self._store.set_health(
-            item.camera.id,
-            state.status,
-            state.reason,
-            now,
-            shown_changed=shown_changed,
-            raw=state.raw if raw_changed else None,
-        )
-        if camera is not None:
-            item.camera = camera
-        if shown_changed or state.reason != before.reason:
-            await self._bus.publish(
-                CameraStatusChanged(
-                    item.camera.id,
-                    state.status,
-                    before.status,
-                    state.reason,
-                    now,
-                    item.camera.lat,
-                    item.camera.lon,
-                    item.camera.department,
+        """Judge one check; record and publish what changed. Whether anything was written."""
+        return bool(await self._observe_many([(item, check)], now))
+
+    async def _observe_many(self, checked: Sequence[tuple[_Watched, Check]], now: int) -> set[str]:
+        """Judge checks; what changed is written in one transaction and published in one batch
+        (the first sweep of 10,000 cameras changes them all). The ids of those that changed."""
+        rows: list[Health] = []
+        events: list[CameraStatusChanged] = []
+        for item, check in checked:
+            state, raw_changed = judge(item.state, check, self._policy)
+            before = item.state
+            item.state = state
+            shown_changed = state.status != before.status
+            if not (shown_changed or raw_changed or state.reason != before.reason):
+                continue
+            raw = state.raw if raw_changed else None
+            rows.append(Health(item.camera.id, state.status, state.reason, now, shown_changed, raw))
+            if shown_changed or state.reason != before.reason:
+                camera = item.camera
+                events.append(
+                    CameraStatusChanged(
+                        camera.id,
+                        state.status,
+                        before.status,
+                        state.reason,
+                        now,
+                        camera.lat,
+                        camera.lon,
+                        camera.department,
+                    )
                 )
-            )
-            self.published += 1
-        return True
+        if rows:
+            await self._store.set_health_many(rows)
+        for start in range(0, len(events), 1000):
+            await self._bus.publish_many(events[start : start + 1000])
+        self.published += len(events)
+        return {row.camera_id for row in rows}
 
     # --- full checks --------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import (
@@ -75,6 +75,20 @@ camera_checks = Table(
 )
 
 Cameras = list[Camera]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A judged check to record: shown status and reason; `raw` when the raw result changed."""
+
+    camera_id: str
+    status: str
+    reason: str
+    checked_ms: int
+    shown_changed: bool
+    raw: str | None
+
+
 _CHUNK = 500  # rows per statement: well under SQLite's and PostgreSQL's parameter limits
 
 
@@ -157,6 +171,10 @@ class SqlCameras:
     async def checks(self, camera_id: str, since_ms: int) -> builtins.list[tuple[int, str, str]]:
         """The camera's changes of status since `since_ms` (and the last one before), oldest first."""
         return await asyncio.to_thread(self._checks, camera_id, since_ms)
+
+    async def set_health_many(self, rows: Sequence[Health]) -> None:
+        """Record many judged checks in one transaction (a sweep's changes)."""
+        await asyncio.to_thread(self._set_health_many, list(rows))
 
     async def touch(self, camera_ids: Sequence[str], checked_ms: int) -> None:
         """Checked again with the same result: only `last_checked` moves (one statement per batch)."""
@@ -317,6 +335,40 @@ class SqlCameras:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the camera's history: {exc}") from exc
         return [(int(r.at_ms), str(r.status), str(r.reason)) for r in rows]
+
+    def _set_health_many(self, rows: builtins.list[Health]) -> None:
+        c = cameras.c
+        plain = [
+            {"b_id": r.camera_id, "status": r.status, "reason": r.reason[:500], "last_checked_ms": r.checked_ms}
+            for r in rows
+            if not r.shown_changed
+        ]
+        moved = [
+            {
+                "b_id": r.camera_id,
+                "status": r.status,
+                "reason": r.reason[:500],
+                "last_checked_ms": r.checked_ms,
+                "status_since_ms": r.checked_ms,
+            }
+            for r in rows
+            if r.shown_changed
+        ]
+        history = [
+            {"camera_id": r.camera_id, "at_ms": r.checked_ms, "status": r.raw, "reason": r.reason[:500]}
+            for r in rows
+            if r.raw is not None
+        ]
+        try:
+            with self._engine.begin() as conn:
+                if plain:
+                    conn.execute(update(cameras).where(c.id == bindparam("b_id")), plain)
+                if moved:
+                    conn.execute(update(cameras).where(c.id == bindparam("b_id")), moved)
+                if history:
+                    conn.execute(insert(camera_checks), history)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record the cameras' checks: {exc}") from exc
 
     def _touch(self, camera_ids: builtins.list[str], checked_ms: int) -> None:
         try:
