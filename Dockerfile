@@ -1,5 +1,7 @@
 FROM python:3.11-slim
 WORKDIR /app
+# ffmpeg: the live view remuxes RTSP cameras into HLS.
+RUN apt-get update && apt-get install -y --no-install-recommends ffmpeg && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY kernel kernel
 COPY iot_gateway iot_gateway

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,44 @@ async def test_two_probers_share_the_cameras_and_one_takes_all_when_the_other_st
             await stop_runtime(first)
             if second_running:
                 await stop_runtime(second)
+
+
+async def test_a_prober_process_judges_cameras_added_through_the_api(
+    request: pytest.FixtureRequest, tmp_path: Path, simulator: CameraSimulator
+) -> None:
+    import os
+    import signal
+    import sys
+
+    async with open_center(request, tmp_path, "production") as center:
+        s = center.runtime.settings
+        env = {
+            **os.environ,
+            "CITYOPS_REDIS_URL": str(s.redis_url),
+            "CITYOPS_DATABASE_URL": str(s.database_url),
+            "CITYOPS_INFLUX_URL": str(s.influx_url),
+            "CITYOPS_DATA_DIR": str(tmp_path / "prober"),
+            "CITYOPS_CAMERA_LIVENESS_EVERY_S": "0.5",
+            "CITYOPS_CAMERA_FULL_EVERY_S": "1",
+        }
+        log = tmp_path / "prober.log"
+        proc = _spawn([sys.executable, "-m", "command_center.cli", "prober"], env, log)
+        try:
+            await eventually(lambda: _true("camera watch" in log.read_text(errors="replace")), timeout_s=60)
+            await center.api.post("/api/cameras", json=camera("by-process", simulator.url("frozen-9")))
+            got = await status_of(center, "by-process", "degraded", "frozen picture")
+            assert got["last_checked"] is not None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+        assert code == 0, log.read_text()[-3000:]
+        assert "camera watch stopped cleanly" in log.read_text()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
