@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -133,6 +134,16 @@ class CameraIndex:
             return []
         tree = self._current()
         xyz = unit_vector(lat, lon)
+        if statuses is None and max_m is None and not self._fresh and not self._stale and tree is not None:
+            # The common case (the nearest cameras to an incident), kept short: the chord gives
+            # the great-circle distance directly.
+            wanted_k = min(k, tree.n)
+            chords, numbers = tree.query(xyz, k=wanted_k)
+            ids = self._tree_ids
+            if wanted_k == 1:  # scalars, not arrays
+                return [(ids[int(numbers)], chord_to_m(float(chords)))]
+            pairs = zip(cast(np.ndarray, chords).tolist(), cast(np.ndarray, numbers).tolist(), strict=True)
+            return [(ids[n], chord_to_m(c)) for c, n in pairs]
         wanted = set(statuses) if statuses is not None else None
         bound = m_to_chord(max_m) if max_m is not None else math.inf
         found: list[tuple[float, str]] = []
@@ -158,7 +169,7 @@ class CameraIndex:
         if self._fresh:
             found.extend(c for c in self._fresh_near(xyz, wanted) if c[0] <= bound)
             found.sort()
-        return [(camera_id, self._metres(lat, lon, camera_id)) for _chord, camera_id in found[:k]]
+        return [(camera_id, chord_to_m(chord)) for chord, camera_id in found[:k]]
 
     def _metres(self, lat: float, lon: float, camera_id: str) -> float:
         c_lat, c_lon, _ = self._where[camera_id]
