@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint system-deps clean
+.PHONY: run run-deps test bench lint system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,8 +13,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## Start the command center on the embedded default with the demo city (wall on http://127.0.0.1:8000/).
-run: $(STAMP)
+run: run-deps $(STAMP)
 	$(BIN)/cityops run --demo
+
+# What the demo itself needs from Debian: ffmpeg (its HLS and RTSP cameras, the live view) and
+# rtsp-server-perl (its RTSP relay). The servers of the tests are not needed to run the demo.
+run-deps:
+	bash scripts/install-system-deps.sh --run
 
 system-deps:
 	bash scripts/install-system-deps.sh

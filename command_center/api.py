@@ -25,7 +25,7 @@ from kernel.redact import redact_text
 from .api_cameras import camera_routes
 from .api_incidents import incident_routes
 from .auth import DEVICE_WRITERS, Principal, Role
-from .city import DeviceSpec
+from .city import DeviceSpec, city_grid_polygons
 from .health import health_report
 from .runtime import Runtime
 
@@ -284,6 +284,7 @@ def build_app(runtime: Runtime) -> FastAPI:
             anyone,
             snapshots=runtime.snapshot_store(),
             live=runtime.live_view(),
+            grids=city_grid_polygons(runtime.city),
             authenticate=authenticate,
             clock=clock,
         )

@@ -74,6 +74,7 @@ def camera_routes(
     *,
     snapshots: SnapshotStore,
     live: LiveViews,
+    grids: dict[str, list[tuple[float, float]]],
     authenticate: Callable[[str], Awaitable[Principal | None]],
     clock: Clock,
 ) -> APIRouter:
@@ -174,9 +175,18 @@ def camera_routes(
         q: Annotated[str | None, Query(max_length=200)] = None,
         department: Annotated[str | None, Query(max_length=100)] = None,
         within_m: Annotated[float | None, Query(gt=0, le=1_000_000)] = None,
+        grid: Annotated[str | None, Query(max_length=64)] = None,
     ) -> list[dict[str, Any]]:
         if status is not None and status not in (*STATUSES, "intermittent"):
             raise _bad_query("status", f"one of {', '.join(STATUSES)}, intermittent")
+        if grid is not None:
+            # The cameras inside a grid's polygon (the spatial index, then the filters).
+            if grid not in grids:
+                raise _bad_query("grid", f"no grid {grid!r} in the city")
+            inside = catalog.index.in_polygon(grids[grid])
+            matching = await store.list(ids=inside, q=q, department=department, status=status, limit=len(inside))
+            response.headers["X-Total-Count"] = str(len(matching))
+            return [camera_json(c) for c in matching[offset : offset + limit]]
         if near is None:
             response.headers["X-Total-Count"] = str(await store.count(q=q, department=department, status=status))
             return [

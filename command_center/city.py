@@ -73,7 +73,8 @@ class SimulatedCamera(BaseModel):
     department: str
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    behaves: Literal["ok", "black", "frozen", "blur", "flaky", "garbage", "hang", "dead"] = "ok"
+    # hls and rtsp: the ffmpeg-made streams (video_index.simulator.FfmpegStreams).
+    behaves: Literal["ok", "black", "frozen", "blur", "flaky", "garbage", "hang", "dead", "hls", "rtsp"] = "ok"
     tags: list[str] = Field(default_factory=list)
 
 
@@ -171,3 +172,17 @@ def city_zones(city: City | None) -> list[ZoneShape]:
     if city is None:
         return []
     return [ZoneShape(id=z.id, name=z.name, polygon=z.polygon) for z in city.forbidden_zones]
+
+
+def city_grid_polygons(city: City | None) -> dict[str, list[tuple[float, float]]]:
+    """Each grid's outer ring as [lat, lon] points, by grid id (GeoJSON gives [lon, lat])."""
+    if city is None:
+        return {}
+    out: dict[str, list[tuple[float, float]]] = {}
+    for feature in city.grids.get("features", []):
+        grid_id = (feature.get("properties") or {}).get("id")
+        geometry = feature.get("geometry") or {}
+        if not grid_id or geometry.get("type") != "Polygon" or not geometry.get("coordinates"):
+            continue
+        out[str(grid_id)] = [(float(lat), float(lon)) for lon, lat, *_ in geometry["coordinates"][0]]
+    return out

@@ -21,7 +21,7 @@ from kernel.errors import CityOpsError, ConfigError
 from kernel.events import TOPICS, to_json_dict
 from kernel.redact import install_log_redaction, redact_text
 from kernel.settings import Settings, load_settings
-from video_index.simulator import CameraSimulator
+from video_index.simulator import CameraSimulator, FfmpegStreams
 
 from .city import demo_city_path, load_city
 from .runtime import Runtime, load_city_cameras, make_bus, mqtt_target, start_runtime, stop_runtime
@@ -149,13 +149,16 @@ async def _serve(settings: Settings, *, ingest: bool = True) -> None:
     )
     _settle_memory()
     cameras: CameraSimulator | None = None
+    streams: FfmpegStreams | None = None
     if settings.demo and runtime.city is not None and ingest:
         runtime.simulator = SimulatorThread(CitySimulation(runtime.city), runtime.mqtt_target(), settings.simulate_rate)
         runtime.simulator.start()
         cameras = CameraSimulator(port=settings.camera_simulator_port)
         await cameras.start()
+        streams = FfmpegStreams(cameras)
+        await streams.start()
     if runtime.city is not None and ingest:
-        log.info("%d cameras of the city in the catalog", await load_city_cameras(runtime, cameras))
+        log.info("%d cameras of the city in the catalog", await load_city_cameras(runtime, cameras, streams))
     from .api import build_app  # the API pulls in FastAPI; only `run` needs it
 
     app = build_app(runtime)
@@ -173,6 +176,8 @@ async def _serve(settings: Settings, *, ingest: bool = True) -> None:
         if runtime.simulator is not None:
             await asyncio.to_thread(runtime.simulator.stop)
         await stop_runtime(runtime)
+        if streams is not None:
+            await streams.stop()
         if cameras is not None:
             await cameras.stop()
         log.info("stopped cleanly")

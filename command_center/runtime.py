@@ -35,7 +35,7 @@ from video_index.domain.cameras import parse_json
 from video_index.domain.health import HealthPolicy
 from video_index.live import LiveOptions, LiveViews
 from video_index.ports import SnapshotStore
-from video_index.simulator import CameraSimulator
+from video_index.simulator import CameraSimulator, FfmpegStreams
 from video_index.watch import CameraWatch, WatchOptions
 
 from .auth import TokenStore
@@ -241,17 +241,27 @@ async def start_watch(runtime: Runtime) -> CameraWatch:
     return watch
 
 
-async def load_city_cameras(runtime: Runtime, simulator: CameraSimulator | None = None) -> int:
+async def load_city_cameras(
+    runtime: Runtime, simulator: CameraSimulator | None = None, streams: FfmpegStreams | None = None
+) -> int:
     """The city config's cameras into the catalog, and with a simulator its simulated ones, each
-    pointed at the simulator's stream for how it behaves (a `dead` one at a port nobody serves)."""
+    pointed at the simulator's stream for how it behaves (a `dead` one at a port nobody serves,
+    `hls` and `rtsp` ones at the ffmpeg-made streams, left out when those are not running)."""
     city = runtime.city
     if city is None:
         return 0
     rows: list[dict[str, Any]] = list(city.cameras)
     if simulator is not None:
         for sim in city.simulated_cameras:
-            url = "http://127.0.0.1:9/dead.mjpg" if sim.behaves == "dead" else simulator.url(f"{sim.behaves}-{sim.id}")
-            rows.append({**sim.model_dump(exclude={"behaves"}), "stream_url": url})
+            url: str | None
+            if sim.behaves == "dead":
+                url = "http://127.0.0.1:9/dead.mjpg"
+            elif sim.behaves in ("hls", "rtsp"):
+                url = None if streams is None else streams.hls_url if sim.behaves == "hls" else streams.rtsp_url
+            else:
+                url = simulator.url(f"{sim.behaves}-{sim.id}")
+            if url is not None:
+                rows.append({**sim.model_dump(exclude={"behaves"}), "stream_url": url})
     parsed = parse_json(rows)
     for rejected in parsed.rejected:
         log.warning("city camera %d refused: %s", rejected.line, rejected.reason)

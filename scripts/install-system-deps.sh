@@ -4,6 +4,20 @@
 set -euo pipefail
 
 need=()
+# --run: only what `make run` needs (the demo's streams and the live view), not the test servers.
+if [ "${1:-}" = "--run" ]; then
+  command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+  command -v rtsp-server-perl >/dev/null 2>&1 || need+=(rtsp-server-perl)
+  if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need[@]}"
+  exit 0
+fi
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 # mosquitto_pub and mosquitto_sub: a real third-party MQTT client for the tests.
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)

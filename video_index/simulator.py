@@ -21,8 +21,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -30,6 +34,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 BOUNDARY = b"cityopsframe"
+_FILE = re.compile(r"^[A-Za-z0-9_-]{1,64}\.(m3u8|ts)$")
 KINDS = ("ok", "black", "frozen", "blur", "flaky", "garbage", "hang")
 
 
@@ -80,7 +85,13 @@ class CameraSimulator:
         self._frames = _make_frames()
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._folders: dict[str, Path] = {}  # /hls/NAME/ -> the folder ffmpeg writes a playlist in
         self.served = 0
+
+    def serve_folder(self, name: str, folder: Path) -> str:
+        """Serve an HLS folder at /hls/NAME/ (ffmpeg-made streams); the playlist's URL."""
+        self._folders[name] = folder
+        return f"http://{self.host}:{self.port}/hls/{name}/index.m3u8"
 
     def url(self, name: str) -> str:
         return f"http://{self.host}:{self.port}/{name}.mjpg"
@@ -112,6 +123,9 @@ class CameraSimulator:
                 request = await reader.readuntil(b"\r\n\r\n")
             words = request.split(b" ", 2)
             path = words[1].decode("latin-1") if len(words) > 1 else "/"
+            if path.startswith("/hls/"):
+                await self._file(writer, path)
+                return
             name = path.lstrip("/").split("?")[0].removesuffix(".mjpg")
             kind = name.split("-")[0]
             if kind == "hang":
@@ -138,6 +152,22 @@ class CameraSimulator:
             self._clients.discard(task)
             writer.close()
 
+    async def _file(self, writer: asyncio.StreamWriter, path: str) -> None:
+        parts = path.split("?")[0].split("/")  # "", "hls", NAME, FILE
+        folder = self._folders.get(parts[2]) if len(parts) == 4 else None
+        if folder is None or not _FILE.match(parts[3]):
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        try:
+            data = await asyncio.to_thread((folder / parts[3]).read_bytes)
+        except FileNotFoundError:
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        kind = b"application/vnd.apple.mpegurl" if parts[3].endswith(".m3u8") else b"video/mp2t"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + kind + b"\r\nContent-Length: %d\r\n" % len(data))
+        writer.write(b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n" + data)
+        await writer.drain()
+
     async def _stream(self, writer: asyncio.StreamWriter, kind: str) -> None:
         frames = self._frames
         i = 0
@@ -156,3 +186,87 @@ class CameraSimulator:
             await writer.drain()
             i += 1
             await asyncio.sleep(period)
+
+
+_TEST_CARD = ["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=10", "-c:v", "libx264", "-preset", "ultrafast"]
+_LOW_DELAY = ["-tune", "zerolatency", "-g", "10"]
+
+
+class FfmpegStreams:
+    """The demo's HLS and RTSP cameras, made by ffmpeg: an HLS stream served by the simulator,
+    and an RTSP stream pushed into Debian's rtsp-server-perl relay. Each is left out (and said
+    so) when its program is missing."""
+
+    def __init__(self, simulator: CameraSimulator) -> None:
+        self._simulator = simulator
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._folder: Path | None = None
+        self.hls_url: str | None = None
+        self.rtsp_url: str | None = None
+
+    async def _spawn(self, *argv: str) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        self._procs.append(proc)
+        return proc
+
+    async def start(self) -> None:
+        ffmpeg = shutil.which("ffmpeg")
+        if ffmpeg is None:
+            log.warning("no ffmpeg: the demo has no HLS or RTSP camera")
+            return
+        self._folder = Path(tempfile.mkdtemp(prefix="cityops-demo-hls-"))
+        hls = [*_TEST_CARD, *_LOW_DELAY, "-f", "hls", "-hls_time", "1", "-hls_list_size", "6"]
+        await self._spawn(ffmpeg, "-nostdin", *hls, "-hls_flags", "delete_segments", str(self._folder / "index.m3u8"))
+        self.hls_url = self._simulator.serve_folder("demo", self._folder)
+        relay = shutil.which("rtsp-server-perl")
+        if relay is None:
+            log.warning("no rtsp-server-perl: the demo has no RTSP camera")
+            return
+        client, source = _free_port(), _free_port()
+        await self._spawn(
+            relay,
+            "--clientport",
+            str(client),
+            "--serverport",
+            str(source),
+            "--client_listen_address",
+            "127.0.0.1",
+            "--source_listen_address",
+            "127.0.0.1",
+            "--rtp_start_port",
+            str(30000 + client % 20000),
+        )
+        for _ in range(100):  # the relay takes a moment to listen
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", source)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        await self._spawn(ffmpeg, "-nostdin", *_TEST_CARD, *_LOW_DELAY, "-f", "rtsp", f"rtsp://127.0.0.1:{source}/demo")
+        self.rtsp_url = f"rtsp://127.0.0.1:{client}/demo"
+
+    async def stop(self) -> None:
+        for proc in reversed(self._procs):
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 5)
+                except TimeoutError:
+                    proc.kill()
+        if self._folder is not None:
+            await asyncio.to_thread(shutil.rmtree, self._folder, True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

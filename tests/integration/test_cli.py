@@ -129,7 +129,7 @@ def test_demo_shows_readings_flowing(tmp_path: Path) -> None:
         assert sum(health["dead_letters"].values()) == 0
         # The demo's cameras, served by the camera simulator and judged by the watch.
         cameras = client.get("/api/cameras", params={"limit": 100}).json()
-        assert len(cameras) == 22
+        assert len(cameras) == 24, "22 from the simulator, an HLS and an RTSP one made by ffmpeg"
 
         def judged(camera_id: str, status: str) -> bool:
             return bool(client.get(f"/api/cameras/{camera_id}").json()["status"] == status)
@@ -137,8 +137,19 @@ def test_demo_shows_readings_flowing(tmp_path: Path) -> None:
         wait_for(lambda: judged("cam-tielu-dam", "online"), timeout_s=60)
         wait_for(lambda: judged("cam-yunlong-gate", "offline"), timeout_s=60)
         wait_for(lambda: judged("cam-haidian-b8", "degraded"), timeout_s=60)
+        wait_for(lambda: judged("cam-coastal-hls", "online"), timeout_s=60)
+        wait_for(lambda: judged("cam-port-rtsp", "online"), timeout_s=60)
         near = client.get("/api/cameras", params={"near": "19.930,110.252", "limit": 2}).json()
         assert [c["id"] for c in near] == ["cam-tielu-dam", "cam-tielu-spill"]
+        # Within a grid's polygon (the city's GeoJSON grids).
+        haidian = client.get("/api/cameras", params={"grid": "g-haidian-01"}).json()
+        assert [c["id"] for c in haidian] == [
+            "cam-haidian-b3",
+            "cam-haidian-b8",
+            "cam-haidian-gate",
+            "cam-haidian-lane",
+        ]
+        assert client.get("/api/cameras", params={"grid": "nowhere"}).status_code == 422
 
 
 def test_simulate_command_feeds_a_gateway_process(tmp_path: Path, mosquitto_server: servers.Server) -> None:
