@@ -230,7 +230,9 @@ class RulesEngine:
         hygiene: HygienePolicy | None = None,
         load_silences: Callable[[], Awaitable[Sequence[Silence]]] | None = None,
         series: TimeSeries | None = None,
+        nearby_cameras: Callable[[float, float], Sequence[str]] | None = None,
     ) -> None:
+        self._nearby = nearby_cameras
         self._load_silences = load_silences
         self._history = series
         self._reload_rules = reload_rules
@@ -791,7 +793,8 @@ class RulesEngine:
                 self.problems.setdefault(rule.id, {})[change.device_id] = change.detail
                 self.counts["problems"] += 1
             elif isinstance(change, Raise) and isinstance(rule, CorrelationRule):
-                group, merged = await self._store.correlated(change, rule.category, self._members(rule))
+                raise_ = self._with_cameras(change)
+                group, merged = await self._store.correlated(raise_, rule.category, self._members(rule))
                 self.counts["raised"] += 1
                 for device_id in group.device_ids:
                     self._absorbed[device_id] = group.id
@@ -822,6 +825,12 @@ class RulesEngine:
                         self._open_keys.discard(key)
                     await self._publish(cleared, "cleared")
 
+    def _with_cameras(self, change: Raise) -> Raise:
+        """The nearest working cameras go with the incident (CONTRACT.md: up to 3 online within 500 m)."""
+        if change.camera_ids or self._nearby is None or change.lat is None or change.lon is None:
+            return change
+        return replace(change, camera_ids=tuple(self._nearby(change.lat, change.lon)))
+
     async def _raise(self, rule: AnyRule, change: Raise) -> None:
         """A raise past the hygiene checks: silences, flood control by area, flapping."""
         now = self._clock.now_ms()
@@ -842,7 +851,7 @@ class RulesEngine:
                 if changed:
                     await self._publish(incident, "updated")
                 return
-        incident, changed = await self._store.raised(change, rule.category)
+        incident, changed = await self._store.raised(self._with_cameras(change), rule.category)
         if not changed:
             return
         self.counts["raised"] += 1

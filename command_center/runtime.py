@@ -171,6 +171,16 @@ async def effective_rules(runtime: Runtime) -> list[AnyRule]:
     return list(rules.values())
 
 
+# CONTRACT.md: an incident (and its ticket) has up to 3 online cameras within 500 m attached.
+NEARBY_CAMERAS = 3
+NEARBY_CAMERAS_M = 500.0
+
+
+def nearby_cameras(runtime: Runtime, lat: float, lon: float) -> list[str]:
+    found = runtime.catalog().nearest(lat, lon, NEARBY_CAMERAS, statuses=["online"], max_m=NEARBY_CAMERAS_M)
+    return [camera_id for camera_id, _metres in found]
+
+
 async def start_rules(runtime: Runtime) -> RulesEngine:
     """The rules engine in this process (`cityops run`, or the `cityops rules` process)."""
     settings = runtime.settings
@@ -192,6 +202,7 @@ async def start_rules(runtime: Runtime) -> RulesEngine:
         reload_rules=lambda: effective_rules(runtime),
         load_silences=lambda: runtime.incidents.silences(runtime.clock.now_ms()),
         series=runtime.series,
+        nearby_cameras=lambda lat, lon: nearby_cameras(runtime, lat, lon),
         policy=EscalationPolicy(
             critical_to_tier2_s=settings.escalation_critical_to_tier2_s,
             critical_to_tier3_s=settings.escalation_critical_to_tier3_s,

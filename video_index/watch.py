@@ -37,7 +37,7 @@ from .adapters.cameras_sql import Health, SqlCameras
 from .adapters.probe import FrameChecker, Liveness, liveness
 from .catalog import CameraCatalog
 from .domain.cameras import Camera
-from .domain.health import Check, HealthPolicy, HealthState, classify, judge
+from .domain.health import DAY_MS, Check, HealthPolicy, HealthState, classify, judge
 from .ports import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -201,10 +201,16 @@ class CameraWatch:
 
     async def _liveness_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        pruned = loop.time()
         while True:
             started = loop.time()
             try:
                 await self.sweep()
+                if started - pruned > 3600:
+                    # History older than two days is no longer needed (availability looks back a day).
+                    pruned = started
+                    gone = await self._store.prune_checks(self._clock.now_ms() - 2 * DAY_MS)
+                    log.info("camera history: %d old changes pruned", gone)
             except StoreError as exc:
                 self.last_error = str(exc)
                 log.warning("camera watch: %s", exc)

@@ -210,3 +210,17 @@ async def test_ten_thousand_cameras_import_through_the_api(center: Center) -> No
     assert total.headers["X-Total-Count"] == "10000"
     assert len(center.runtime.catalog().index) == 10_000
     await asyncio.sleep(0)
+
+
+async def test_camera_history_is_kept_and_pruned(center: Center) -> None:
+    store = center.runtime.catalog().store
+    assert (await center.api.post("/api/cameras", json=CAM)).status_code == 201
+    day = 86_400_000
+    for at, status in ((1 * day, "online"), (2 * day, "offline"), (3 * day, "online")):
+        await store.set_health("cam-dam", status, status, at, shown_changed=True, raw=status)
+    assert [s for _, s, _ in await store.checks("cam-dam", 0)] == ["online", "offline", "online"]
+    assert [s for _, s, _ in await store.checks("cam-dam", int(2.5 * day))] == ["offline", "online"], (
+        "the last change before the window gives the status at its start"
+    )
+    assert await store.prune_checks(int(2.5 * day)) == 2
+    assert [s for _, s, _ in await store.checks("cam-dam", 0)] == ["online"]

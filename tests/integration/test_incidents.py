@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kernel.events import INCIDENT_CHANGED, IncidentChanged
+from kernel.events import INCIDENT_CHANGED, CameraStatusChanged, IncidentChanged
 from tests.helpers import GAUGE, eventually
 
 from .conftest import Center, open_center
@@ -574,3 +574,35 @@ async def test_a_rule_edited_while_its_incident_is_open_keeps_the_one_incident(c
     [still] = await incidents(city, rule_id="edited")
     assert still["id"] == first["id"]
     assert still["status"] == "open"
+
+
+async def test_an_incident_gets_the_nearest_working_cameras(city: Center) -> None:
+    await city.register(GAUGE)
+
+    def cam(camera_id: str, lat: float) -> dict[str, Any]:
+        return {
+            "id": camera_id,
+            "name": camera_id,
+            "department": "水务局",
+            "lat": lat,
+            "lon": 110.25,
+            "stream_url": f"http://10.0.0.1/{camera_id}.mjpg",
+        }
+
+    # ~110 m, ~220 m, ~330 m and ~440 m north of the gauge; one more at ~1.1 km; one offline.
+    for n, camera_id in enumerate(["c-110", "c-220", "c-330", "c-440"], start=1):
+        await city.api.post("/api/cameras", json=cam(camera_id, 19.93 + n * 0.001))
+    await city.api.post("/api/cameras", json=cam("c-far", 19.94))
+    await city.api.post("/api/cameras", json=cam("c-dead", 19.9301))
+    now = now_ms()
+    for camera_id in ("c-110", "c-220", "c-330", "c-440", "c-far"):
+        await city.runtime.bus.publish(CameraStatusChanged(camera_id, "online", "unknown", "frames ok", now))
+    await city.runtime.bus.publish(CameraStatusChanged("c-dead", "offline", "unknown", "connection refused", now))
+
+    async def indexed() -> bool:
+        return city.runtime.catalog().index.status("c-far") == "online"
+
+    await eventually(indexed)
+    await send(city, "water_level", "res-1", value=25.7)
+    incident = await one_incident(city, "reservoir-level", status="open")
+    assert incident["camera_ids"] == ["c-110", "c-220", "c-330"], "up to 3 online within 500 m, nearest first"
