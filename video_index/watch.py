@@ -345,6 +345,11 @@ class CameraWatch:
             if status == "online" and result.jpeg is not None:
                 await self._snapshots.put(camera_id, result.jpeg, now)
         item.full, item.full_at_ms = verdict, now
+        if verdict.status == "offline":
+            # It answers but shows no frames (a relay still waiting for its source, a stream
+            # restarting): look again after a liveness interval, not a full-check interval.
+            retry_ms = min(opts.full_every_s, opts.liveness_every_s) * 1000
+            item.full_at_ms = int(now - opts.full_every_s * 1000 + retry_ms)
         if camera_id in self._watched:
             await self._observe(item, self._combined(item), now)
         return verdict

@@ -175,7 +175,7 @@ async def test_bad_imports_and_queries_are_refused_clearly(center: Center) -> No
 async def test_a_camera_added_in_one_api_process_is_found_by_another(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    async with open_center(request, tmp_path / "a", "production") as first:
+    async with open_center(request, tmp_path, "production") as first:
         from command_center.runtime import start_runtime, stop_runtime
         from kernel.clock import SystemClock
 

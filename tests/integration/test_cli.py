@@ -137,8 +137,8 @@ def test_demo_shows_readings_flowing(tmp_path: Path) -> None:
         wait_for(lambda: judged("cam-tielu-dam", "online"), timeout_s=60)
         wait_for(lambda: judged("cam-yunlong-gate", "offline"), timeout_s=60)
         wait_for(lambda: judged("cam-haidian-b8", "degraded"), timeout_s=60)
-        wait_for(lambda: judged("cam-coastal-hls", "online"), timeout_s=60)
-        wait_for(lambda: judged("cam-port-rtsp", "online"), timeout_s=60)
+        wait_for(lambda: judged("cam-coastal-hls", "online"), timeout_s=90)
+        wait_for(lambda: judged("cam-port-rtsp", "online"), timeout_s=90)
         near = client.get("/api/cameras", params={"near": "19.930,110.252", "limit": 2}).json()
         assert [c["id"] for c in near] == ["cam-tielu-dam", "cam-tielu-spill"]
         # Within a grid's polygon (the city's GeoJSON grids).

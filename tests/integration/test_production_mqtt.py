@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -63,8 +64,11 @@ async def test_readings_published_while_the_gateway_restarts_are_not_lost(
 async def test_two_gateways_in_a_shared_group_split_the_load_and_store_everything_once(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    base = production_settings(request, tmp_path / "a", mqtt_client_id="gw-a", mqtt_shared_group="cityops")
-    other = base.model_copy(update={"mqtt_client_id": "gw-b", "data_dir": tmp_path / "b"})
+    # Client ids of their own: a persistent session another test left under a common name
+    # ("gw-a") would bring its old subscription and queued messages along.
+    ids = uuid.uuid4().hex[:8]
+    base = production_settings(request, tmp_path / "a", mqtt_client_id=f"gw-a-{ids}", mqtt_shared_group="cityops")
+    other = base.model_copy(update={"mqtt_client_id": f"gw-b-{ids}", "data_dir": tmp_path / "b"})
     a = await start_runtime(base, SystemClock(), migrate_schema=True)
     b = await start_runtime(other, SystemClock(), migrate_schema=True)
     try:
@@ -87,7 +91,7 @@ async def test_two_gateways_in_a_shared_group_split_the_load_and_store_everythin
 
             await eventually(all_stored)
         got_a, got_b = a.running_gateway().stats()["accepted"], b.running_gateway().stats()["accepted"]
-        assert got_a + got_b == 201
+        assert got_a + got_b == 201, json.dumps([a.running_gateway().stats(), b.running_gateway().stats()])
         assert got_a > 0
         assert got_b > 0
     finally:
