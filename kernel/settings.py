@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     camera_liveness_concurrency: int = Field(default=500, ge=1)
     camera_full_every_s: float = Field(default=300.0, gt=0)
     camera_full_workers: int = Field(default=2, ge=1)
-    camera_open_timeout_s: float = Field(default=5.0, gt=0)
+    camera_open_timeout_s: float = Field(default=10.0, gt=0)
     camera_read_timeout_s: float = Field(default=5.0, gt=0)
     # Outages (up-down changes) within a day that make a camera intermittent, and how long it
     # must hold one result to be shown as it is again.

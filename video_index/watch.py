@@ -52,7 +52,7 @@ class WatchOptions:
     liveness_concurrency: int = 500
     full_every_s: float = 300.0
     full_workers: int = 2
-    open_timeout_s: float = 5.0
+    open_timeout_s: float = 10.0
     read_timeout_s: float = 5.0
     frame_interval_s: float = 1.5
     member_ttl_s: float = 15.0

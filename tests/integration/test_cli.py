@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests import servers
@@ -127,6 +128,18 @@ def test_demo_shows_readings_flowing(tmp_path: Path) -> None:
         health = client.get("/api/health").json()
         assert health["status"] == "ok"
         assert sum(health["dead_letters"].values()) == 0
+
+
+@pytest.mark.timeout(300)
+def test_demo_cameras_are_served_and_judged_by_the_watch(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    # Two ffmpeg encoders, the relay and the watch's workers share 2 cores here: generous timeouts.
+    env = {
+        "CITYOPS_SIMULATE_RATE": "5",
+        "CITYOPS_CAMERA_LIVENESS_EVERY_S": "5",
+        "CITYOPS_CAMERA_OPEN_TIMEOUT_S": "15",
+    }
+    with cityops("--demo", data_dir=data, env=env) as (base, _), api(base, data) as client:
         # The demo's cameras, served by the camera simulator and judged by the watch.
         cameras = client.get("/api/cameras", params={"limit": 100}).json()
         assert len(cameras) == 24, "22 from the simulator, an HLS and an RTSP one made by ffmpeg"
@@ -137,8 +150,8 @@ def test_demo_shows_readings_flowing(tmp_path: Path) -> None:
         wait_for(lambda: judged("cam-tielu-dam", "online"), timeout_s=60)
         wait_for(lambda: judged("cam-yunlong-gate", "offline"), timeout_s=60)
         wait_for(lambda: judged("cam-haidian-b8", "degraded"), timeout_s=60)
-        wait_for(lambda: judged("cam-coastal-hls", "online"), timeout_s=90)
-        wait_for(lambda: judged("cam-port-rtsp", "online"), timeout_s=90)
+        wait_for(lambda: judged("cam-coastal-hls", "online"), timeout_s=120)
+        wait_for(lambda: judged("cam-port-rtsp", "online"), timeout_s=120)
         near = client.get("/api/cameras", params={"near": "19.930,110.252", "limit": 2}).json()
         assert [c["id"] for c in near] == ["cam-tielu-dam", "cam-tielu-spill"]
         # Within a grid's polygon (the city's GeoJSON grids).
