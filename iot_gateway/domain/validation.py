@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -176,7 +177,32 @@ def _require_device(device_id: str, kind: str, kinds: Mapping[str, str]) -> None
         raise Refused(WRONG_KIND, f"device {device_id!r} is a {registered}, not a {kind}")
 
 
+# A reading nests 2 levels (a batch of objects). Deeper JSON is refused before it is parsed: how
+# deep json.loads can go before RecursionError depends on how deep the caller's own stack is, so a
+# document nested ~900 levels was judged one way by the gateway and another way elsewhere (the
+# fuzz test caught it). A fixed limit judges it the same everywhere.
+MAX_NESTING: Final = 64
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting(payload: bytes) -> int:
+    """How deep the JSON's arrays and objects nest (brackets inside strings do not count)."""
+    if payload.count(b"[") + payload.count(b"{") <= MAX_NESTING:
+        return 0  # cannot nest deeper than the limit: the common case, at C speed
+    depth = deepest = 0
+    for byte in _STRINGS.sub(b"", payload).translate(None, _NOT_BRACKETS):
+        if byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def _items(payload: bytes) -> list[tuple[int | None, Any]]:
+    if nesting(payload) > MAX_NESTING:
+        raise Refused(BAD_JSON, f"payload nests deeper than {MAX_NESTING} levels")
     try:
         # JSON on the wire is UTF-8 without a BOM (RFC 8259); json.loads on bytes would guess UTF-16 too.
         doc = json.loads(payload.decode("utf-8"))

@@ -143,7 +143,12 @@ HOSTILE = [
     ("city/sensors/gas/gas-1", b'{"ts": "9999-12-31T23:59:59-23:59", "value": 1}', v.FUTURE_TIMESTAMP),
     # Deep nesting, whole and inside a field.
     ("city/sensors/gas/gas-1", b"[" * 30_000 + b"]" * 30_000, v.BAD_JSON),
-    ("city/sensors/gas/gas-1", b'{"ts": 1795000000000, "value": ' + b"[" * 900 + b"]" * 900 + b"}", v.WRONG_TYPE),
+    # Deeper than 64: refused before parsing, the same whatever the caller's stack (it was
+    # WRONG_TYPE or BAD_JSON depending on where the check ran).
+    ("city/sensors/gas/gas-1", b'{"ts": 1795000000000, "value": ' + b"[" * 900 + b"]" * 900 + b"}", v.BAD_JSON),
+    ("city/sensors/gas/gas-1", b'{"ts": 1795000000000, "value": ' + b"[" * 60 + b"]" * 60 + b"}", v.WRONG_TYPE),
+    # Brackets inside strings are not nesting.
+    ("city/sensors/gas/gas-1", b'{"ts": 1795000000000, "value": 1, "unit": "' + b"[" * 100 + b'"}', v.BAD_UNIT),
     # Encodings: JSON is UTF-8 (RFC 8259), without a BOM; a lone surrogate, NUL characters.
     ("city/sensors/gas/gas-1", '{"ts": 1795000000000, "value": 1}'.encode("utf-16"), v.BAD_JSON),
     ("city/sensors/gas/gas-1", b'{"ts": 1795000000000, "value": 1, "unit": "\\ud800"}', v.BAD_UNIT),
