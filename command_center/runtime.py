@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -355,6 +356,13 @@ async def start_runtime(
     return runtime
 
 
+async def _bounded(step: Awaitable[None], name: str, timeout_s: float = 15.0) -> None:
+    try:
+        await asyncio.wait_for(step, timeout_s)
+    except TimeoutError:
+        log.error("%s did not finish within %g s; stopping the rest", name, timeout_s)
+
+
 async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -> None:
     """Stop in reverse order: take no more messages, write (and acknowledge) what was taken,
     then disconnect; the stores close last."""
@@ -368,14 +376,15 @@ async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -
         await runtime.rules_engine.stop()
     if runtime.broker is not None:
         await runtime.broker.stop()
-    if runtime.watch is not None:
-        await runtime.watch.stop()
-    if runtime.cameras is not None:
-        await runtime.cameras.stop()
+    # The video parts, each bounded: a stream that hangs must not hold the process's stop.
+    video_parts = (runtime.watch, runtime.cameras)
+    for part in video_parts:
+        if part is not None:
+            await _bounded(part.stop(), f"{type(part).__name__}.stop")
     if runtime.snapshots is not None:
-        await runtime.snapshots.close()
+        await _bounded(runtime.snapshots.close(), "snapshots.close")
     if runtime.live_views is not None:
-        await runtime.live_views.close()
+        await _bounded(runtime.live_views.close(), "live_views.close")
     await runtime.series.close()
     await runtime.live.close()
     await runtime.bus.close()

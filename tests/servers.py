@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from video_index.simulator import TEST_CARD_ARGS
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -265,19 +267,7 @@ def hls_stream(workdir: Path, name: str = "hls") -> tuple[Server, Server]:
             "-hide_banner",
             "-loglevel",
             "warning",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=10",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "10",
+            *TEST_CARD_ARGS,
             "-f",
             "hls",
             "-hls_time",
@@ -343,19 +333,7 @@ def rtsp_stream(workdir: Path, path: str = "cam1") -> tuple[Server, Server, str]
             "-hide_banner",
             "-loglevel",
             "warning",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=10",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "10",
+            *TEST_CARD_ARGS,
             "-f",
             "rtsp",
             f"rtsp://127.0.0.1:{source}/{path}",

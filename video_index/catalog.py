@@ -56,7 +56,9 @@ class CameraCatalog:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            _done, stuck = await asyncio.wait([self._task], timeout=10)
+            if stuck:
+                log.error("camera index: its bus subscription did not stop")
             self._task = None
 
     def on_change(self, listener: Callable[[CameraChanged], None]) -> None:

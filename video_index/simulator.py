@@ -106,7 +106,8 @@ class CameraSimulator:
             self._server.close()
             for task in list(self._clients):
                 task.cancel()
-            await asyncio.gather(*self._clients, return_exceptions=True)
+            if self._clients:
+                await asyncio.wait(list(self._clients), timeout=5)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
@@ -188,8 +189,12 @@ class CameraSimulator:
             await asyncio.sleep(period)
 
 
-_TEST_CARD = ["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=10", "-c:v", "libx264", "-preset", "ultrafast"]
-_LOW_DELAY = ["-tune", "zerolatency", "-g", "10"]
+# ffmpeg's arguments for a live H.264 test card, 320x240 at 10 fps with a key frame every second
+# (the demo's streams and the tests' alike).
+TEST_CARD_ARGS = [
+    *("-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=10"),
+    *("-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "10"),
+]
 
 
 class FfmpegStreams:
@@ -220,7 +225,7 @@ class FfmpegStreams:
             log.warning("no ffmpeg: the demo has no HLS or RTSP camera")
             return
         self._folder = Path(tempfile.mkdtemp(prefix="cityops-demo-hls-"))
-        hls = [*_TEST_CARD, *_LOW_DELAY, "-f", "hls", "-hls_time", "1", "-hls_list_size", "6"]
+        hls = [*TEST_CARD_ARGS, "-f", "hls", "-hls_time", "1", "-hls_list_size", "6"]
         await self._spawn(ffmpeg, "-nostdin", *hls, "-hls_flags", "delete_segments", str(self._folder / "index.m3u8"))
         self.hls_url = self._simulator.serve_folder("demo", self._folder)
         relay = shutil.which("rtsp-server-perl")
@@ -248,7 +253,7 @@ class FfmpegStreams:
                 break
             except OSError:
                 await asyncio.sleep(0.1)
-        await self._spawn(ffmpeg, "-nostdin", *_TEST_CARD, *_LOW_DELAY, "-f", "rtsp", f"rtsp://127.0.0.1:{source}/demo")
+        await self._spawn(ffmpeg, "-nostdin", *TEST_CARD_ARGS, "-f", "rtsp", f"rtsp://127.0.0.1:{source}/demo")
         self.rtsp_url = f"rtsp://127.0.0.1:{client}/demo"
 
     async def stop(self) -> None:

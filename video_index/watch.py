@@ -138,7 +138,11 @@ class CameraWatch:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: a stop never hangs on a check in flight (it is logged and left behind).
+            _done, stuck = await asyncio.wait(self._tasks, timeout=10)
+            for task in stuck:
+                log.error("camera watch task %s did not stop", task.get_name())
         self._tasks = []
         with contextlib.suppress(StoreError):  # else it drops out after its time to live
             await self._bus.leave(GROUP, self._opts.name)

@@ -238,7 +238,9 @@ HOSTILE = [
     ("bad_json", b'{"ts": 1795000000000, "value": ' + b"9" * 5000 + b"}"),
     ("future_timestamp", b'{"ts": 1' + b"0" * 400 + b', "value": 1}'),
     ("bad_json", b"[" * 30_000 + b"]" * 30_000),
-    ("wrong_type", b'{"ts": 1795000000000, "value": ' + b"[" * 900 + b"]" * 900 + b"}"),
+    # Nested past 64 levels: refused before parsing, whatever the stack (validation.MAX_NESTING).
+    ("bad_json", b'{"ts": 1795000000000, "value": ' + b"[" * 900 + b"]" * 900 + b"}"),
+    ("wrong_type", b'{"ts": 1795000000000, "value": ' + b"[" * 60 + b"]" * 60 + b"}"),
     ("bad_unit", b'{"ts": 1795000000000, "value": 1, "unit": "\\ud800\\u0000"}'),
 ]
 
