@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from video_index.simulator import TEST_CARD_ARGS
+from video_index.simulator import TEST_CARD_ARGS, relay_args
 
 
 def free_port() -> int:
@@ -309,16 +309,7 @@ def rtsp_stream(workdir: Path, path: str = "cam1") -> tuple[Server, Server, str]
         workdir,
         [
             binary("rtsp-server-perl"),
-            "--clientport",
-            str(client),
-            "--serverport",
-            str(source),
-            "--client_listen_address",
-            "127.0.0.1",
-            "--source_listen_address",
-            "127.0.0.1",
-            "--rtp_start_port",
-            str(20000 + (client % 20000)),
+            *relay_args(client, source, 20000 + (client % 20000)),
         ],
     )
     relay.start()

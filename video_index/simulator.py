@@ -197,6 +197,16 @@ TEST_CARD_ARGS = [
 ]
 
 
+def relay_args(client_port: int, source_port: int, rtp_start_port: int) -> list[str]:
+    """rtsp-server-perl's arguments, on loopback: players connect to `client_port`, ffmpeg pushes
+    to `source_port` (the demo's relay and the tests' alike)."""
+    return [
+        *("--clientport", str(client_port), "--serverport", str(source_port)),
+        *("--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1"),
+        *("--rtp_start_port", str(rtp_start_port)),
+    ]
+
+
 class FfmpegStreams:
     """The demo's HLS and RTSP cameras, made by ffmpeg: an HLS stream served by the simulator,
     and an RTSP stream pushed into Debian's rtsp-server-perl relay. Each is left out (and said
@@ -233,19 +243,7 @@ class FfmpegStreams:
             log.warning("no rtsp-server-perl: the demo has no RTSP camera")
             return
         client, source = _free_port(), _free_port()
-        await self._spawn(
-            relay,
-            "--clientport",
-            str(client),
-            "--serverport",
-            str(source),
-            "--client_listen_address",
-            "127.0.0.1",
-            "--source_listen_address",
-            "127.0.0.1",
-            "--rtp_start_port",
-            str(30000 + client % 20000),
-        )
+        await self._spawn(relay, *relay_args(client, source, 30000 + client % 20000))
         for _ in range(100):  # the relay takes a moment to listen
             try:
                 _reader, writer = await asyncio.open_connection("127.0.0.1", source)
