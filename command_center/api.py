@@ -24,6 +24,8 @@ from kernel.redact import redact_text
 
 from .api_cameras import camera_routes
 from .api_incidents import incident_routes
+from .api_open311 import open311_routes
+from .api_tickets import ticket_routes
 from .auth import DEVICE_WRITERS, Principal, Role
 from .city import DeviceSpec, city_grid_polygons
 from .health import health_report
@@ -111,6 +113,10 @@ def build_app(runtime: Runtime) -> FastAPI:
 
     @api.post("/tokens", status_code=201, dependencies=[admin_only])
     async def issue_token(body: TokenRequest) -> dict[str, Any]:
+        if body.department_id is not None and runtime.tickets is not None:
+            known = {d.id for d in await runtime.tickets.departments()}
+            if body.department_id not in known:
+                raise _bad(("body", "department_id"), f"unknown department {body.department_id!r}")
         now = clock.now_ms()
         expires = None if body.expires_in_s is None else now + int(body.expires_in_s * 1000)
         token_id, token = await runtime.tokens.issue(
@@ -273,6 +279,9 @@ def build_app(runtime: Runtime) -> FastAPI:
 
     app.include_router(api)
     app.include_router(incident_routes(runtime, role_in, anyone))
+    if runtime.desk is not None:
+        app.include_router(ticket_routes(runtime, role_in, anyone))
+        app.include_router(open311_routes(runtime))
 
     async def authenticate(token: str) -> Principal | None:
         return await runtime.tokens.lookup(token, clock.now_ms())

@@ -23,8 +23,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from kernel.db import dialect_insert
 from kernel.errors import ConfigError, StoreError
 
-Role = Literal["admin", "operator", "leader", "agent", "handler", "viewer"]
-ROLES: Final[tuple[Role, ...]] = ("admin", "operator", "leader", "agent", "handler", "viewer")
+# intake: a token that only files tickets (a city app through Open311).
+Role = Literal["admin", "operator", "leader", "agent", "handler", "viewer", "intake"]
+ROLES: Final[tuple[Role, ...]] = ("admin", "operator", "leader", "agent", "handler", "viewer", "intake")
 # Who may change the device registry.
 DEVICE_WRITERS: Final = frozenset({"admin", "operator"})
 # A token given to us (file or setting) shorter than this is refused: it could be guessed.

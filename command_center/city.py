@@ -56,6 +56,25 @@ class Department(BaseModel):
     categories: list[str] = Field(default_factory=list)
 
 
+class HotlineLine(BaseModel):
+    """A hotline number merged into the center; `departments` is its own sub-platform."""
+
+    model_config = ConfigDict(extra="forbid")
+    number: str = Field(pattern=r"^[0-9]{3,12}$")
+    name: str = Field(min_length=1, max_length=100)
+    departments: list[str] = Field(default_factory=list)
+
+
+class KnowledgeSpec(BaseModel):
+    """A knowledge-base entry: consultations answered at intake."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1, max_length=2000)
+    answer: str = Field(min_length=1, max_length=10_000)
+    department_id: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
 class Zone(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
@@ -95,6 +114,10 @@ class City(BaseModel):
     # Cameras of the catalog (the same fields as an import), and the demo's simulated ones.
     cameras: list[dict[str, Any]] = Field(default_factory=list)
     simulated_cameras: list[SimulatedCamera] = Field(default_factory=list)
+    # Hotline numbers (the defaults of hotline.domain.routing.DEFAULT_LINES, replaced by number).
+    hotline_lines: list[HotlineLine] = Field(default_factory=list)
+    # Knowledge-base entries loaded into an empty knowledge base.
+    knowledge: list[KnowledgeSpec] = Field(default_factory=list)
 
     @field_validator("devices")
     @classmethod

@@ -145,7 +145,7 @@ async def _serve(settings: Settings, *, ingest: bool = True) -> None:
     # `run` is the all-in-one: it brings its own database's schema up to date; `api` is one
     # production process among several and needs `cityops migrate` to have run.
     runtime = await start_runtime(
-        settings, SystemClock(), ingest=ingest, rules=ingest, migrate_schema=ingest, watch=ingest
+        settings, SystemClock(), ingest=ingest, rules=ingest, migrate_schema=ingest, watch=ingest, tickets=True
     )
     _settle_memory()
     cameras: CameraSimulator | None = None

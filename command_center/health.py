@@ -58,14 +58,54 @@ async def health_report(runtime: Runtime) -> dict[str, Any]:
         components["rules"] = runtime.rules_engine.stats()
     if runtime.watch is not None:
         components["camera_watch"] = runtime.watch.stats()
+    warnings: list[str] = []
+    if runtime.desk is not None:
+        components["tickets"], warnings = _tickets(runtime)
     report: dict[str, Any] = _redacted(
         {
             "status": "degraded" if degraded else "ok",
             "components": components,
+            "warnings": warnings,
             "dead_letters": {reason: counts.get(reason, 0) for reason in (*REASONS, STORE_REJECTED)},
         }
     )
     return report
+
+
+# Warn this long before the official calendar's data runs out (the State Council publishes the
+# next year's holidays in November; a city must add them before January).
+CALENDAR_WARN_DAYS = 60
+
+
+def _tickets(runtime: Runtime) -> tuple[dict[str, Any], list[str]]:
+    """The ticket desk's state and the calendar's coverage: a warning, not degraded (tickets still
+    get deadlines, counted in plain weekdays past the data)."""
+    desk = runtime.ticket_desk()
+    calendar = desk.calendar
+    today = calendar.local_day(runtime.clock.now_ms())
+    covered = calendar.coverage_end()
+    left = (covered - today).days
+    state: dict[str, Any] = {
+        "state": "up",
+        "departments": len(desk.router.departments),
+        "grids": len(desk.router.grids),
+        "calendar": {"covered_until": covered.isoformat(), "days_left": left, "timezone": str(calendar.tz)},
+    }
+    warnings: list[str] = []
+    if left < CALENDAR_WARN_DAYS:
+        message = (
+            f"the working-day calendar's official data ends {covered.isoformat()} ({left} days): add the next "
+            "year's holidays and make-up working days (settings calendar_holidays, calendar_workdays) or a newer "
+            "chinese-calendar; past it, deadlines count plain weekdays"
+        )
+        state["calendar"]["warning"] = message
+        warnings.append(message)
+    if runtime.ticket_scheduler is not None:
+        state["scheduler"] = {"ticks": runtime.ticket_scheduler.ticks, **runtime.ticket_scheduler.done}
+        state["scheduler"]["last_error"] = runtime.ticket_scheduler.last_error
+    if runtime.incident_tickets is not None:
+        state["from_incidents"] = runtime.incident_tickets.stats()
+    return state, warnings
 
 
 def _redacted(value: Any) -> Any:

@@ -15,6 +15,12 @@ from alerts.domain.hygiene import HygienePolicy
 from alerts.domain.incidents import EscalationPolicy
 from alerts.domain.rules import AnyRule, parse_rule
 from alerts.engine import EngineOptions, RulesEngine
+from hotline.adapters.tickets_sql import SqlTickets
+from hotline.desk import TicketDesk
+from hotline.domain.calendar import WorkCalendar
+from hotline.domain.routing import DEFAULT_LINES, Department, Line
+from hotline.domain.search import warm_up
+from hotline.scheduler import SchedulerOptions, TicketScheduler
 from iot_gateway.adapters.broker_amqtt import EmbeddedBroker
 from iot_gateway.adapters.live_memory import MemoryLive
 from iot_gateway.adapters.live_redis import RedisLive
@@ -43,6 +49,7 @@ from .auth import TokenStore
 from .city import City, city_rules, city_zones, demo_city_path, load_city
 from .schema import migrate, require_current
 from .simulator import SimulatorThread
+from .ticket_policy import IncidentTickets
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +109,16 @@ class Runtime:
     watch: CameraWatch | None = None
     snapshots: SnapshotStore | None = None
     live_views: LiveViews | None = None
+    tickets: SqlTickets | None = None
+    desk: TicketDesk | None = None
+    ticket_scheduler: TicketScheduler | None = None
+    incident_tickets: IncidentTickets | None = None
     roles: tuple[str, ...] = field(default=())
+
+    def ticket_desk(self) -> TicketDesk:
+        if self.desk is None:
+            raise RuntimeError("the ticket desk is not started in this process")
+        return self.desk
 
     def snapshot_store(self) -> SnapshotStore:
         if self.snapshots is None:
@@ -222,6 +238,62 @@ async def start_rules(runtime: Runtime) -> RulesEngine:
     return engine
 
 
+def work_calendar(settings: Settings) -> WorkCalendar:
+    return WorkCalendar.build(settings.timezone, settings.calendar_holidays, settings.calendar_workdays)
+
+
+def hotline_lines(city: City | None) -> list[Line]:
+    """The default hotline numbers with the city's own replacing them by number."""
+    lines = {line.number: line for line in DEFAULT_LINES}
+    for line in city.hotline_lines if city is not None else []:
+        lines[line.number] = Line(line.number, line.name, tuple(line.departments))
+    return list(lines.values())
+
+
+async def seed_hotline(runtime: Runtime) -> None:
+    """The city config's departments, grids and knowledge into the records, where they are missing
+    (what was changed through the API is kept)."""
+    city, store, now = runtime.city, runtime.tickets, runtime.clock.now_ms()
+    if city is None or store is None:
+        return
+    await store.seed_departments([Department(d.id, d.name, tuple(d.categories)) for d in city.departments], now)
+    if city.grids.get("features"):
+        await store.save_doc("grids", city.grids, now, only_if_missing=True)
+    if city.knowledge and await store.knowledge_count() == 0:
+        for entry in city.knowledge:
+            await store.add_knowledge(entry.question, entry.answer, entry.department_id, entry.tags, now)
+
+
+async def start_tickets(runtime: Runtime) -> TicketDesk:
+    """The ticket desk, its scheduler and the incident-to-ticket policy in this process (the API's)."""
+    s = runtime.settings
+    store = runtime.tickets or SqlTickets(runtime.engine)
+    runtime.tickets = store
+    # jieba's dictionary (about a second) loads now, not in an agent's first search.
+    await asyncio.to_thread(warm_up)
+    await seed_hotline(runtime)
+    desk = TicketDesk(store, runtime.bus, runtime.clock, work_calendar(s), lines=hotline_lines(runtime.city))
+    await desk.start()
+    runtime.desk = desk
+    runtime.ticket_scheduler = TicketScheduler(
+        desk,
+        runtime.bus,
+        runtime.clock,
+        SchedulerOptions(tick_s=s.tickets_tick_s, remind_before_s=s.tickets_remind_before_s, lease_s=s.tickets_lease_s),
+    )
+    await runtime.ticket_scheduler.start()
+    if s.tickets_from_incidents:
+        runtime.incident_tickets = IncidentTickets(
+            desk,
+            runtime.bus,
+            runtime.incidents,
+            lambda: effective_rules(runtime),
+            lambda lat, lon: nearby_cameras(runtime, lat, lon),
+        )
+        await runtime.incident_tickets.start()
+    return desk
+
+
 def make_snapshots(settings: Settings) -> SnapshotStore:
     if settings.redis_url:
         return RedisSnapshots(settings.redis_url, settings.redis_prefix)
@@ -289,12 +361,14 @@ async def start_runtime(
     rules: bool = False,
     migrate_schema: bool = False,
     watch: bool = False,
+    tickets: bool = False,
 ) -> Runtime:
     """Open stores, load the city, start the broker (embedded), the gateway and the rules engine.
 
     `migrate_schema`: bring the records schema up to date first (`cityops run`); otherwise the
     database must be current already (`cityops migrate` ran), or this refuses to start.
     `rules`: run the rules engine in this process.
+    `tickets`: run the ticket desk, its scheduler and the incident-to-ticket policy (API processes).
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(database_url(settings.database_url, settings.data_dir))
@@ -327,6 +401,9 @@ async def start_runtime(
     await runtime.cameras.start()
     runtime.snapshots = make_snapshots(settings)
     runtime.live_views = LiveViews(LiveOptions(max_remuxes=settings.live_max_remuxes, idle_s=settings.live_idle_s))
+    runtime.tickets = SqlTickets(engine)
+    if tickets:
+        await start_tickets(runtime)
     if rules:
         await start_rules(runtime)
     if watch and settings.watch_cameras:
@@ -374,6 +451,9 @@ async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -
         await runtime.ingress.stop()
     if runtime.rules_engine is not None:
         await runtime.rules_engine.stop()
+    for ticket_part in (runtime.incident_tickets, runtime.ticket_scheduler, runtime.desk):
+        if ticket_part is not None:
+            await _bounded(ticket_part.stop(), f"{type(ticket_part).__name__}.stop")
     if runtime.broker is not None:
         await runtime.broker.stop()
     # The video parts, each bounded: a stream that hangs must not hold the process's stop.

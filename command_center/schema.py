@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, MetaData, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from alerts.adapters import incidents_sql
+from hotline.adapters import tickets_sql
 from iot_gateway.adapters import records_sql
 from kernel.errors import ConfigError, StoreError
 from video_index.adapters import cameras_sql
@@ -111,7 +112,13 @@ def require_current(engine: Engine) -> None:
 def metadata() -> MetaData:
     """Every table the code uses, as one MetaData (to check the migrations against the code)."""
     merged = MetaData()
-    for source in (records_sql.metadata, auth.metadata, incidents_sql.metadata, cameras_sql.metadata):
+    for source in (
+        records_sql.metadata,
+        auth.metadata,
+        incidents_sql.metadata,
+        cameras_sql.metadata,
+        tickets_sql.metadata,
+    ):
         for table in source.tables.values():
             table.to_metadata(merged)
     return merged

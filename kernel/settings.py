@@ -6,9 +6,11 @@ section of the city config file, then the defaults below.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import Field, SecretStr, model_validator
@@ -122,6 +124,31 @@ class Settings(BaseSettings):
     shutdown_write_timeout_s: float = Field(default=30.0, gt=0)
 
     simulate_rate: float = Field(default=20.0, gt=0)
+
+    # The hotline ticket flow (hotline/): deadlines in the city's time zone, counted in working
+    # days of the official calendar; past the calendar package's data, these holidays and make-up
+    # working days (调休) as the State Council publishes them each November.
+    timezone: str = "Asia/Shanghai"
+    calendar_holidays: list[date] = Field(default_factory=list)
+    calendar_workdays: list[date] = Field(default_factory=list)
+    # The scheduler's pass over deadlines, its lease (one process acts), and how long before a
+    # deadline the department is reminded.
+    tickets_tick_s: float = Field(default=10.0, gt=0)
+    tickets_lease_s: float = Field(default=30.0, ge=1)
+    tickets_remind_before_s: float = Field(default=86_400.0, ge=0)
+    # High and critical incidents become tickets (CONTRACT.md); false leaves tickets to people.
+    tickets_from_incidents: bool = True
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> Settings:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"timezone {self.timezone!r} is not a known IANA time zone") from exc
+        both = set(self.calendar_holidays) & set(self.calendar_workdays)
+        if both:
+            raise ValueError(f"{min(both).isoformat()} is both a calendar holiday and a working day")
+        return self
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -197,6 +197,10 @@ class SqlIncidents:
         The action raises TransitionError when the state does not allow it."""
         return await asyncio.to_thread(self._act, incident_id, action)
 
+    async def set_ticket(self, incident_id: str, ticket_id: str) -> bool:
+        """Record the incident's ticket; False when there is no such incident."""
+        return await asyncio.to_thread(self._set_ticket, incident_id, ticket_id)
+
     async def get(self, incident_id: str) -> Incident | None:
         return await asyncio.to_thread(self._get, incident_id)
 
@@ -343,6 +347,9 @@ class SqlIncidents:
     def _write(self, conn: Connection, incident: Incident, entries: builtins.list[HistoryEntry]) -> None:
         values = _row(incident)
         del values["id"]
+        # The ticket is attached by the ticket policy (set_ticket), not by whoever changes the
+        # incident: a rules process's copy may not know it yet and must not erase it.
+        del values["ticket_id"]
         conn.execute(update(incidents).where(incidents.c.id == incident.id).values(**values))
         self._log(conn, entries)
 
@@ -362,6 +369,14 @@ class SqlIncidents:
                     for e in entries
                 ],
             )
+
+    def _set_ticket(self, incident_id: str, ticket_id: str) -> bool:
+        try:
+            with self._engine.begin() as conn:
+                done = conn.execute(update(incidents).where(incidents.c.id == incident_id).values(ticket_id=ticket_id))
+                return done.rowcount == 1
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot attach the ticket to the incident: {exc}") from exc
 
     def _get(self, incident_id: str) -> Incident | None:
         try:

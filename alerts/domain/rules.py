@@ -57,6 +57,9 @@ class RuleBase(BaseModel):
     enabled: bool = True
     # auto: the incident resolves itself when the rule clears; manual: a person resolves it.
     resolve: Literal["auto", "manual"] = "auto"
+    # The lowest severity at which the incident needs a department, i.e. becomes a hotline
+    # ticket (CONTRACT.md: high and critical); null: this rule's incidents never do.
+    ticket_from: Severity | None = "high"
 
 
 class ThresholdRule(RuleBase):

@@ -14,7 +14,7 @@ import pytest
 
 from command_center.api import build_app
 from command_center.runtime import Runtime, start_runtime, stop_runtime
-from kernel.clock import SystemClock
+from kernel.clock import Clock, SystemClock
 from kernel.settings import Settings, load_settings
 from tests import servers
 from tests.helpers import Publisher
@@ -52,7 +52,7 @@ def production_settings(request: pytest.FixtureRequest, data_dir: Path, **extra:
     mosquitto = request.getfixturevalue("mosquitto_server")
     influx = request.getfixturevalue("influx_server")
     return load_settings(
-        None,
+        extra.pop("config_file", None),
         data_dir=data_dir,
         mqtt_url=mosquitto.url,
         redis_url=request.getfixturevalue("redis_url"),
@@ -65,12 +65,22 @@ def production_settings(request: pytest.FixtureRequest, data_dir: Path, **extra:
 
 
 def embedded_settings(data_dir: Path, **extra: Any) -> Settings:
-    return load_settings(None, data_dir=data_dir, mqtt_port=servers.free_port(), ingest_flush_interval_s=0.02, **extra)
+    config_file = extra.pop("config_file", None)
+    return load_settings(
+        config_file, data_dir=data_dir, mqtt_port=servers.free_port(), ingest_flush_interval_s=0.02, **extra
+    )
 
 
 @asynccontextmanager
 async def open_center(
-    request: pytest.FixtureRequest, tmp_path: Path, mode: str, *, watch: bool = False, **extra: Any
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    mode: str,
+    *,
+    watch: bool = False,
+    tickets: bool = True,
+    clock: Clock | None = None,
+    **extra: Any,
 ) -> AsyncIterator[Center]:
     """A started command center on the embedded default or the real servers, with these settings
     (`watch`: with the camera watch running, as `cityops run` has it)."""
@@ -78,7 +88,9 @@ async def open_center(
         settings = embedded_settings(tmp_path / "data", **extra)
     else:
         settings = production_settings(request, tmp_path / "data", mqtt_client_id=f"gw-{tmp_path.name}", **extra)
-    runtime = await start_runtime(settings, SystemClock(), rules=True, migrate_schema=True, watch=watch)
+    runtime = await start_runtime(
+        settings, clock or SystemClock(), rules=True, migrate_schema=True, watch=watch, tickets=tickets
+    )
     target = runtime.mqtt_target()
     sensor = Publisher(target.host, target.port)
     try:

@@ -22,7 +22,7 @@ from video_index.simulator import CameraSimulator
 
 from .conftest import Center, open_center
 
-FAST = {
+FAST: dict[str, Any] = {
     "camera_liveness_every_s": 0.5,
     "camera_liveness_timeout_s": 1.0,
     "camera_full_every_s": 1.0,

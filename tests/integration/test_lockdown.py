@@ -61,6 +61,11 @@ async def test_a_handler_token_names_its_department(center: Center) -> None:
     missing = await center.api.post("/api/tokens", json={"name": "h", "role": "handler"})
     assert missing.status_code == 422
     assert missing.json()["detail"][0]["loc"] == ["body"]
+    unknown = await center.api.post("/api/tokens", json={"name": "h", "role": "handler", "department_id": "water"})
+    assert unknown.status_code == 422, "no department water yet"
+    assert unknown.json()["detail"][0]["loc"] == ["body", "department_id"]
+    department = {"id": "water", "name": "水务局", "categories": ["flood"]}
+    assert (await center.api.post("/api/departments", json=department)).status_code == 201
     made = await center.api.post("/api/tokens", json={"name": "h", "role": "handler", "department_id": "water"})
     assert made.status_code == 201
     assert made.json()["department_id"] == "water"
