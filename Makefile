@@ -40,6 +40,7 @@ bench: system-deps $(STAMP)
 	$(BIN)/python -m bench.incident_latency
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.cameras
+	$(BIN)/python -m bench.tickets
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache

@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from hotline.adapters.tickets_sql import TicketFilter
+from hotline.adapters.tickets_sql import SqlTickets, TicketFilter
 from hotline.desk import Intake, TicketDesk
 from hotline.domain.routing import Department, GridError
 from hotline.domain.slips import slip_code, split_code, verify
@@ -366,7 +366,7 @@ def ticket_routes(
 
     @api.get("/slips/{code}", dependencies=[anyone])
     async def check_slip(code: str) -> dict[str, Any]:
-        return await verify_slip(runtime, code)
+        return await verify_slip(store, tz, code)
 
     @api.get("/kpis", dependencies=[anyone])
     async def kpis(
@@ -478,14 +478,12 @@ def _period(start: str | None, end: str | None, now_ms: int, tz: ZoneInfo) -> tu
     return start_ms, end_ms
 
 
-async def verify_slip(runtime: Runtime, code: str) -> dict[str, Any]:
+async def verify_slip(store: SqlTickets, tz: ZoneInfo, code: str) -> dict[str, Any]:
     """Whether a printed slip's code is genuine, and what it is the slip of (nothing personal)."""
-    store = runtime.ticket_desk().store
     parts = split_code(code)
     ticket = await store.by_number(parts[0]) if parts is not None else None
     if parts is None or ticket is None or not verify((await store.secret(SLIP_KEY)).encode(), ticket, parts[1]):
         return {"valid": False, "reason": "no ticket has this code: the slip is not genuine or was altered"}
-    tz = runtime.ticket_desk().calendar.tz
     return {
         "valid": True,
         "number": ticket.number,

@@ -1,4 +1,5 @@
-"""The `cityops` command: run, migrate, gateway, rules, api, cameras, events, health, simulate."""
+"""The `cityops` command: run, migrate, gateway, rules, api, cameras, events, health, simulate,
+report, verify."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 import signal
 import sys
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--http-host")
     run.add_argument("--http-port", type=int)
     run.add_argument("--mqtt-port", type=int)
+
+    rep = sub.add_parser("report", help="write the leaders' report: KPIs and hot spots as CSV and an HTML page")
+    rep.add_argument("--period", choices=["day", "week", "month"], required=True)
+    rep.add_argument("--date", type=date.fromisoformat, help="a day in the period (default: today)")
+    rep.add_argument("--out", type=Path, help="directory to write into (default ./reports/PERIOD-START)")
+    rep.add_argument("--config", type=Path)
+    rep.add_argument("--data-dir", type=Path)
+
+    ver = sub.add_parser("verify", help="check a ticket slip's verification code (exit 1 when forged)")
+    ver.add_argument("code")
+    ver.add_argument("--config", type=Path)
+    ver.add_argument("--data-dir", type=Path)
 
     api = sub.add_parser("api", help="run only the HTTP API and wall (a production process)")
     api.add_argument("--config", type=Path)
@@ -348,6 +362,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command == "report":
+            from .hotline_cli import report
+
+            return report(settings, args.period, args.date, args.out)
+        if args.command == "verify":
+            from .hotline_cli import verify
+
+            return verify(settings, args.code)
         if args.command == "cameras":
             from .cameras_cli import import_cameras
 

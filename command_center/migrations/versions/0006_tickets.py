@@ -70,7 +70,21 @@ def upgrade() -> None:
     )
     op.create_index("ix_tickets_created", "tickets", ["created_at_ms"])
     op.create_index("ix_tickets_status_created", "tickets", ["status", "created_at_ms"])
-    op.create_index("ix_tickets_department_created", "tickets", ["department_id", "created_at_ms"])
+    # Covering the KPIs' columns (hotline/adapters/tickets_sql.py says why).
+    op.create_index(
+        "ix_tickets_department_created",
+        "tickets",
+        [
+            "department_id",
+            "created_at_ms",
+            "status",
+            "closed_at_ms",
+            "deadline_ms",
+            "replied_at_ms",
+            "callback_at_ms",
+            "satisfaction",
+        ],
+    )
     op.create_index("ix_tickets_deadline", "tickets", ["deadline_ms"])
     op.create_table(
         "ticket_history",
