@@ -700,3 +700,18 @@ async def test_the_leaders_report_and_the_slip_check_on_the_command_line(
     bad_period = cli("report", "--period", "year", *where, database_url=url)
     assert bad_period.returncode == 2
     assert "invalid choice" in bad_period.stderr
+
+
+async def test_a_handler_lists_only_its_own_departments_tickets(hotline: Hotline) -> None:
+    water = await hotline.new(department_id="water")
+    await hotline.new(department_id="urban", category="noise", description="噪音")
+    mine = await hotline.call("GET", "/api/tickets", "water")
+    assert [t["id"] for t in mine.json()] == [water["id"]]
+    assert mine.headers["X-Total-Count"] == "1"
+    other = await hotline.call("GET", "/api/tickets", "water", params={"department_id": "urban"})
+    assert other.status_code == 403
+    everyone = await hotline.call("GET", "/api/tickets", "viewer")
+    assert everyone.headers["X-Total-Count"] == "2"
+    bad_status = await hotline.call("GET", "/api/tickets", params={"status": "lost"})
+    assert bad_status.status_code == 422
+    assert bad_status.json()["detail"][0]["loc"] == ["query", "status"]
