@@ -199,7 +199,7 @@ class TicketDesk:
         response_deadline, deadline = deadlines(now, intake.urgency, self.calendar)
         draft = Ticket(
             id="",
-            number="",
+            number=self.calendar.local_day(now).strftime("%Y%m%d"),
             channel=intake.channel,
             category=intake.category,
             urgency=intake.urgency,

@@ -17,7 +17,6 @@ import json
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -308,8 +307,9 @@ class SqlTickets:
     async def create(
         self, draft: Ticket, actor: tuple[str, str], detail: dict[str, Any], then: Apply | None = None
     ) -> tuple[Ticket, bool]:
-        """Store a new ticket (`draft` with its id and number given here) and its "created" entry by
-        `actor` (name, role): (ticket, True), or for an incident that has a ticket already, (that ticket, False).
+        """Store a new ticket and its "created" entry by `actor` (name, role): (ticket, True), or for an
+        incident that has a ticket already, (that ticket, False). The id is given here; so is the
+        number, which starts with `draft.number`, the city's day of intake (YYYYMMDD).
 
         `then`: an action taken at intake (dispatch by the router, close with the answer) in the
         same transaction, so nobody ever sees the ticket between the two; if it is refused,
@@ -415,8 +415,8 @@ class SqlTickets:
 
     # ----- blocking implementations -----
 
-    def _next_number(self, conn: Connection, now_ms: int) -> str:
-        day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).astimezone().strftime("%Y%m%d")
+    def _next_number(self, conn: Connection, day: str) -> str:
+        """`day` (YYYYMMDD, the city's day of intake) and that day's next sequence number."""
         stmt = dialect_insert(conn, ticket_numbers).values(day=day, last=1)
         stmt = stmt.on_conflict_do_update(
             index_elements=[ticket_numbers.c.day], set_={"last": ticket_numbers.c.last + 1}
@@ -433,7 +433,8 @@ class SqlTickets:
                     found = conn.execute(select(tickets).where(tickets.c.incident_id == draft.incident_id)).first()
                     if found is not None:
                         return ticket_of(found), False
-                number = self._next_number(conn, draft.created_at_ms)
+                # The draft's number is its day of intake in the city (the desk knows the zone).
+                number = self._next_number(conn, draft.number)
                 ticket = dataclasses.replace(draft, id=new_ticket_id(), number=number)
                 conn.execute(insert(tickets).values(**_row(ticket), reminded_for_ms=None, version=1))
                 entry = HistoryEntry(

@@ -308,6 +308,10 @@ async def test_deadlines_follow_the_official_calendar(
         clock.set(at("2026-10-09T16:30:00+08:00"))
         urgent = await h.new(urgency="urgent")
         assert urgent["response_deadline"].startswith("2026-10-09T17:00:00.")
+        clock.set(at("2026-09-30T23:30:00+08:00"))  # 15:30 UTC: still 30 Sep in the city
+        late = await h.new()
+        assert late["number"].startswith("20260930")
+        assert late["deadline"] == "2026-10-13T23:59:59.999+08:00"
 
 
 # ---- KPIs against hand-computed numbers -------------------------------------------------------
