@@ -26,6 +26,7 @@ from .api_cameras import camera_routes
 from .api_incidents import incident_routes
 from .api_open311 import open311_routes
 from .api_tickets import ticket_routes
+from .api_wall import wall_routes
 from .auth import DEVICE_WRITERS, Principal, Role
 from .city import DeviceSpec, city_grid_polygons
 from .health import health_report
@@ -282,6 +283,8 @@ def build_app(runtime: Runtime) -> FastAPI:
     if runtime.desk is not None:
         app.include_router(ticket_routes(runtime, role_in, anyone))
         app.include_router(open311_routes(runtime))
+    if runtime.wall is not None:
+        app.include_router(wall_routes(runtime, runtime.wall))
 
     async def authenticate(token: str) -> Principal | None:
         return await runtime.tokens.lookup(token, clock.now_ms())

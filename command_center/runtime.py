@@ -50,6 +50,7 @@ from .city import City, city_rules, city_zones, demo_city_path, load_city
 from .schema import migrate, require_current
 from .simulator import SimulatorThread
 from .ticket_policy import IncidentTickets
+from .wall import KpiTick, WallHub
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class Runtime:
     desk: TicketDesk | None = None
     ticket_scheduler: TicketScheduler | None = None
     incident_tickets: IncidentTickets | None = None
+    wall: WallHub | None = None
     roles: tuple[str, ...] = field(default=())
 
     def ticket_desk(self) -> TicketDesk:
@@ -294,6 +296,21 @@ async def start_tickets(runtime: Runtime) -> TicketDesk:
     return desk
 
 
+async def start_wall(runtime: Runtime) -> WallHub:
+    """The wall's WebSocket hub on the live fan-out (API processes)."""
+    from .api_wall import kpi_tiles  # the API's JSON shapes; only API processes need them
+
+    s = runtime.settings
+    hub = WallHub(
+        runtime.bus,
+        per_entity_hz=s.wall_per_entity_hz,
+        kpis=KpiTick(lambda: kpi_tiles(runtime), every_s=s.wall_kpi_every_s),
+    )
+    await hub.start()
+    runtime.wall = hub
+    return hub
+
+
 def make_snapshots(settings: Settings) -> SnapshotStore:
     if settings.redis_url:
         return RedisSnapshots(settings.redis_url, settings.redis_prefix)
@@ -404,6 +421,7 @@ async def start_runtime(
     runtime.tickets = SqlTickets(engine)
     if tickets:
         await start_tickets(runtime)
+        await start_wall(runtime)
     if rules:
         await start_rules(runtime)
     if watch and settings.watch_cameras:
@@ -451,7 +469,7 @@ async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -
         await runtime.ingress.stop()
     if runtime.rules_engine is not None:
         await runtime.rules_engine.stop()
-    for ticket_part in (runtime.incident_tickets, runtime.ticket_scheduler, runtime.desk):
+    for ticket_part in (runtime.wall, runtime.incident_tickets, runtime.ticket_scheduler, runtime.desk):
         if ticket_part is not None:
             await _bounded(ticket_part.stop(), f"{type(ticket_part).__name__}.stop")
     if runtime.broker is not None:

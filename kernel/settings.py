@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     tickets_remind_before_s: float = Field(default=86_400.0, ge=0)
     # High and critical incidents become tickets (CONTRACT.md); false leaves tickets to people.
     tickets_from_incidents: bool = True
+    # The wall's WebSocket: at most this many updates a second per entity, KPI tiles this often.
+    wall_per_entity_hz: float = Field(default=4.0, gt=0, le=100)
+    wall_kpi_every_s: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _known_timezone(self) -> Settings:

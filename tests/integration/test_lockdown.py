@@ -4,6 +4,7 @@ in health, errors or logs, and several processes starting together on one Postgr
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from command_center.auth import TokenStore, check_token_text
 from command_center.city import demo_city_path, load_city
@@ -199,6 +202,11 @@ def test_no_password_or_token_reaches_health_errors_or_logs(
         assert secret not in str(health)
         assert secret not in client.get("/api/devices/res-1").text
         client.close()
+        # The wall's WebSocket takes its token in the query string (browsers cannot set headers).
+        with ws_connect(f"ws://127.0.0.1:{port}/ws/wall?token={token}", open_timeout=10) as wall:
+            assert json.loads(wall.recv(timeout=30))["type"] == "snapshot"
+        with pytest.raises(InvalidStatus):
+            ws_connect(f"ws://127.0.0.1:{port}/ws/wall?token={secret}-ws-token", open_timeout=10)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -206,6 +214,7 @@ def test_no_password_or_token_reaches_health_errors_or_logs(
     logged = log_path.read_text(errors="replace")
     assert "GET /api/health" in logged  # the access log is on, and redacted
     assert "token=***" in logged
+    assert "/ws/wall?token=***" in logged, "the WebSocket's handshake is logged, redacted"
     assert secret not in logged, [line for line in logged.splitlines() if secret in line][:5]
     assert token not in logged
 

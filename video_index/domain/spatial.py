@@ -69,6 +69,13 @@ class CameraIndex:
     def __contains__(self, camera_id: object) -> bool:
         return camera_id in self._where
 
+    def status_counts(self) -> dict[str, int]:
+        """How many cameras have each status (the wall's availability tile)."""
+        counts: dict[str, int] = {}
+        for status in self._status.values():
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
     def status(self, camera_id: str) -> str | None:
         return self._status.get(camera_id)
 
