@@ -112,6 +112,11 @@ def build_app(runtime: Runtime) -> FastAPI:
     async def health() -> dict[str, Any]:
         return await health_report(runtime)
 
+    @api.get("/me")
+    async def me(who: Principal = anyone) -> dict[str, Any]:
+        """Who this token is (the consoles show what the role may do)."""
+        return {"name": who.name, "role": who.role, "department_id": who.department_id}
+
     @api.post("/tokens", status_code=201, dependencies=[admin_only])
     async def issue_token(body: TokenRequest) -> dict[str, Any]:
         if body.department_id is not None and runtime.tickets is not None:
@@ -305,6 +310,12 @@ def build_app(runtime: Runtime) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def wall() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/console/{which}", include_in_schema=False)
+    async def console(which: str) -> FileResponse:
+        if which not in ("agent", "handler"):
+            raise HTTPException(404, "consoles: /console/agent, /console/handler")
+        return FileResponse(STATIC_DIR / "console.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.runtime = runtime

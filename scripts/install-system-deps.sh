@@ -32,6 +32,10 @@ command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 # rtsp-server-perl is a real RTSP server (a relay ffmpeg publishes into) for the RTSP tests.
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v rtsp-server-perl >/dev/null 2>&1 || need+=(rtsp-server-perl)
+# The wall's browser tests: Debian's chromium (Playwright drives it), and CJK fonts, without
+# which Chinese renders as boxes in the screenshots.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fc-list 2>/dev/null | grep -qi 'Noto Sans CJK' || need+=(fonts-noto-cjk)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
