@@ -41,6 +41,7 @@ bench: system-deps $(STAMP)
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.cameras
 	$(BIN)/python -m bench.tickets
+	$(BIN)/python -m bench.wall
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache

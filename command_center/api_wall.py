@@ -23,7 +23,7 @@ from .api_tickets import iso_in, ticket_json
 from .auth import Principal
 from .city import city_grid_polygons
 from .runtime import Runtime
-from .wall import WallClient, WallHub, devices_json, encode, position_json, reading_json
+from .wall import WallClient, WallHub, devices_json, position_json, reading_json
 
 log = logging.getLogger(__name__)
 # Close codes (4000-4999 are the application's): no or bad token.
@@ -158,19 +158,19 @@ def wall_routes(runtime: Runtime, hub: WallHub) -> APIRouter:
         client = hub.connect()
         send_lock = asyncio.Lock()
 
-        async def send(payload: bytes) -> None:
+        async def send(text: str) -> None:
             async with send_lock:
-                await ws.send_text(payload.decode())
+                await ws.send_text(text)
 
         sender: asyncio.Task[None] | None = None
         try:
-            await send(orjson.dumps({"type": "snapshot", "data": await snapshot(runtime, hub)}))
+            await send(orjson.dumps({"type": "snapshot", "data": await snapshot(runtime, hub)}).decode())
             sender = asyncio.create_task(_forward(client, send), name="wall-client")
             while True:
                 text = await ws.receive_text()
                 with contextlib.suppress(orjson.JSONDecodeError):
                     if (orjson.loads(text) or {}).get("type") == "ping":
-                        await send(b'{"type":"pong"}')
+                        await send('{"type":"pong"}')
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
@@ -186,8 +186,6 @@ def wall_routes(runtime: Runtime, hub: WallHub) -> APIRouter:
 async def _forward(client: WallClient, send: Any) -> None:
     """The client's mailbox to its socket; a slow socket only makes its own mailbox coalesce more."""
     while True:
-        for event in await client.take(500):
-            payload = encode(event)
-            if payload is not None:
-                await send(payload)
-                client.sent += 1
+        for item in await client.take(500):
+            await send(item.text)
+            client.sent += 1

@@ -154,14 +154,21 @@ class KpiTick:
     every_s: float = 5.0
 
 
-class _KpiEvent:
-    """The KPI tiles as a bus-like event, so they travel through the same mailboxes."""
+class Encoded:
+    """A wall message encoded once for every client (100 screens do not mean 100 encodings),
+    keyed like the bus event it came from so that the mailboxes keep the latest per entity."""
 
-    TOPIC: Final = "kpi"
-    key: Final = "kpi"
+    __slots__ = ("TOPIC", "key", "text")
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
+    def __init__(self, topic: str, key: str, text: str) -> None:
+        self.TOPIC = topic
+        self.key = key
+        self.text = text
+
+    @classmethod
+    def of(cls, event: Event) -> Encoded | None:
+        found = message(event)
+        return None if found is None else cls(event.TOPIC, event.key, orjson.dumps(found).decode())
 
 
 class WallHub:
@@ -230,8 +237,13 @@ class WallHub:
 
     def _deliver(self, key: tuple[str, str], event: Event, now: float) -> None:
         self._last_sent[key] = now
+        encoded = Encoded.of(event)
+        if encoded is None:
+            return
+        # Not a bus event, but keyed like one: the mailbox only needs TOPIC and key.
+        item = cast(Any, encoded)
         for client in self._clients:
-            client.mailbox.offer(event)
+            client.mailbox.offer(item)
         self.counts["delivered"] += 1
 
     async def _pump(self, sub: LiveSubscription) -> None:
@@ -269,22 +281,14 @@ class WallHub:
                 data = await tick.compute()
                 if data != self.last_kpis:
                     self.last_kpis = data
-                    # Not a bus event, but keyed like one: the mailbox only needs TOPIC and key.
-                    event = cast(Any, _KpiEvent(data))
+                    item = cast(Any, Encoded("kpi", "kpi", orjson.dumps({"type": "kpi", "data": data}).decode()))
                     for client in self._clients:
-                        client.mailbox.offer(event)
+                        client.mailbox.offer(item)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("wall: computing the KPI tiles failed")
             await asyncio.sleep(tick.every_s)
-
-
-def encode(event: Event) -> bytes | None:
-    if isinstance(event, _KpiEvent):
-        return orjson.dumps({"type": "kpi", "data": event.data})
-    found = message(event)
-    return None if found is None else orjson.dumps(found)
 
 
 async def devices_json(devices: DeviceRegistry) -> list[dict[str, Any]]:
