@@ -35,6 +35,7 @@ from command_center.api import build_app
 from command_center.runtime import Runtime, start_runtime, stop_runtime
 from command_center.wall import message
 from kernel.clock import SystemClock
+from kernel.events import DeviceChanged
 from kernel.model import Device, Reading
 from kernel.settings import load_settings
 from tests import servers
@@ -186,19 +187,12 @@ async def bench_screen(probes: int) -> None:
         server, task, port = await _uvicorn(runtime)
         sensor = Publisher("127.0.0.1", runtime.mqtt_target().port)
         try:
-            await runtime.devices.upsert_many(
-                [
-                    Device(
-                        "res-1",
-                        "water_level",
-                        "水位",
-                        19.93,
-                        110.25,
-                        None,
-                        {"warning_level_m": 25.5, "danger_level_m": 26.8},
-                    )
-                ]
+            gauge = Device(
+                "res-1", "water_level", "水位", 19.93, 110.25, None, {"warning_level_m": 25.5, "danger_level_m": 26.8}
             )
+            await runtime.devices.upsert_many([gauge])
+            # Told to the gateway at once, as the API does (its own registry reload is every 30 s).
+            runtime.running_gateway().note_change(DeviceChanged("res-1", "registered", int(time.time() * 1000), gauge))
             await sensor.publish(
                 "city/sensors/water_level/res-1", json.dumps({"ts": int(time.time() * 1000), "value": 20.0})
             )
