@@ -482,6 +482,13 @@ class SqlTickets:
                 raise _wrap("change the ticket", exc) from exc
         raise ConcurrentChange(f"ticket {ticket_id} kept changing under the action; try again")
 
+    def _tickets(self, query: Any, what: str) -> builtins.list[Ticket]:
+        try:
+            with self._engine.connect() as conn:
+                return [ticket_of(r) for r in conn.execute(query)]
+        except SQLAlchemyError as exc:
+            raise _wrap(what, exc) from exc
+
     def _one(self, query: Any) -> Ticket | None:
         try:
             with self._engine.connect() as conn:
@@ -666,11 +673,7 @@ class SqlTickets:
             .order_by(c.deadline_ms)
             .limit(limit)
         )
-        try:
-            with self._engine.connect() as conn:
-                return [ticket_of(r) for r in conn.execute(query)]
-        except SQLAlchemyError as exc:
-            raise _wrap("find overdue tickets", exc) from exc
+        return self._tickets(query, "find overdue tickets")
 
     def _to_remind(self, now_ms: int, window_ms: int, limit: int) -> builtins.list[Ticket]:
         c = tickets.c
@@ -685,11 +688,7 @@ class SqlTickets:
             .order_by(c.deadline_ms)
             .limit(limit)
         )
-        try:
-            with self._engine.connect() as conn:
-                return [ticket_of(r) for r in conn.execute(query)]
-        except SQLAlchemyError as exc:
-            raise _wrap("find tickets near their deadline", exc) from exc
+        return self._tickets(query, "find tickets near their deadline")
 
     def _late_responses(self, now_ms: int, limit: int) -> builtins.list[Ticket]:
         c = tickets.c
@@ -699,11 +698,7 @@ class SqlTickets:
             .order_by(c.response_deadline_ms)
             .limit(limit)
         )
-        try:
-            with self._engine.connect() as conn:
-                return [ticket_of(r) for r in conn.execute(query)]
-        except SQLAlchemyError as exc:
-            raise _wrap("find unanswered urgent tickets", exc) from exc
+        return self._tickets(query, "find unanswered urgent tickets")
 
     def _mark_reminded(self, ticket_id: str, deadline_ms: int) -> bool:
         c = tickets.c
