@@ -233,6 +233,9 @@ class WallHub:
             self._held[key] = event  # the newest waits for the entity's turn
             self._wake.set()
             return
+        # A value held for this entity is older than this one: it must not go out after it
+        # (its turn can pass while the release loop sleeps on a busy event loop).
+        self._held.pop(key, None)
         self._deliver(key, event, now)
 
     def _deliver(self, key: tuple[str, str], event: Event, now: float) -> None:
