@@ -1,6 +1,6 @@
 """bench/wall: the wall's WebSocket hub, publish-to-screen in a real browser, and the map's frames.
 
-- **Fan-out**: 100 WebSocket clients (in a process of their own) on `/ws/wall` of a command
+- **Fan-out**: 100 WebSocket clients (in a process of their own, `bench/wall_clients.py`) on `/ws/wall` of a command
   center while 1,000 reading changes a second flow into its bus (1,000 gauges, each once a
   second: under the hub's 4-a-second coalescing, so every change is due), for 10 s; beside the
   websockets library's own `broadcast` of the same messages to 100 clients of a bare websockets
@@ -168,7 +168,10 @@ def _line(label: str, r: dict[str, Any]) -> str:
 
 
 async def bench_fanout(clients: int, rate: int, seconds: float) -> None:
-    print(f"fan-out: {clients} WebSocket clients, {rate:,} changes/s for {seconds:g} s")
+    print(
+        f"fan-out: {clients} WebSocket clients, {rate:,} changes/s for {seconds:g} s"
+        f" ({clients * rate:,} messages/s to deliver)"
+    )
     bare = await fanout_bare(clients, rate, seconds, slow=False)
     hub = await fanout_hub(clients, rate, seconds, slow=False)
     hub_slow = await fanout_hub(clients, rate, seconds, slow=True)

@@ -89,7 +89,10 @@ async def snapshot(runtime: Runtime, hub: WallHub) -> dict[str, Any]:
     positions = await runtime.bus.latest(POSITION)
     data: dict[str, Any] = {
         "server_time": to_iso(now),
-        "city": {"name": runtime.city.name if runtime.city is not None else "city"},
+        "city": {
+            "name": runtime.city.name if runtime.city is not None else "city",
+            "tile_url": runtime.settings.wall_tile_url,
+        },
         "devices": await devices_json(runtime.devices),
         "readings": {k: reading_json(e) for k, e in readings.items() if isinstance(e, Reading)},
         "vehicles": {k: position_json(e) for k, e in positions.items() if isinstance(e, Position)},

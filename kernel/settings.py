@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     # The wall's WebSocket: at most this many updates a second per entity, KPI tiles this often.
     wall_per_entity_hz: float = Field(default=4.0, gt=0, le=100)
     wall_kpi_every_s: float = Field(default=5.0, gt=0)
+    # Map tiles under the wall's grids, from a tile server inside the center's network, e.g.
+    # http://tiles.city.local/{z}/{x}/{y}.png (XYZ, Web Mercator). Unset: the grids alone.
+    wall_tile_url: str | None = None
 
     @model_validator(mode="after")
     def _known_timezone(self) -> Settings:
@@ -148,6 +151,13 @@ class Settings(BaseSettings):
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"timezone {self.timezone!r} is not a known IANA time zone") from exc
+        if self.wall_tile_url is not None:
+            tile = urlsplit(self.wall_tile_url)
+            if tile.scheme not in ("http", "https") or not tile.netloc:
+                raise ValueError("wall_tile_url must be an http(s) URL")
+            missing = [p for p in ("{z}", "{x}", "{y}") if p not in self.wall_tile_url]
+            if missing:
+                raise ValueError(f"wall_tile_url must hold {', '.join(missing)} (an XYZ tile template)")
         both = set(self.calendar_holidays) & set(self.calendar_workdays)
         if both:
             raise ValueError(f"{min(both).isoformat()} is both a calendar holiday and a working day")

@@ -150,12 +150,14 @@ function levelClass(device, r) {
 // ---- the map --------------------------------------------------------------------------------
 
 function setupMap() {
-  const el = document.getElementById('map');
+  const el = document.getElementById('map-chart');
   if (!chart) {
     chart = echarts.init(el, 'dark', {renderer: 'canvas'});
-    new ResizeObserver(() => chart.resize()).observe(el);
+    window.wallChart = chart;  // for diagnostics from the browser's console (and the tests)
+    new ResizeObserver(() => { chart.resize(); drawTiles(); }).observe(el);
     chart.on('click', (p) => { if (p.seriesName === 'incidents') select(p.data.id); });
     chart.on('georoam', () => {
+      drawTiles();
       const zoom = mapZoom();
       const wanted = state.cameras.size >= GROUP_FROM && zoom < GROUP_UNTIL_ZOOM ? Math.round(zoom * 4) / 4 : null;
       if (wanted !== groupedAt) schedule('cameras');
@@ -171,7 +173,9 @@ function setupMap() {
   }));
   if (minLon > maxLon) { minLon = 110.2; maxLon = 110.5; minLat = 19.8; maxLat = 20.1; }
   const pad = 0.02;
-  // The grids are the map itself (no tiles: the center's network is closed).
+  // The grids are the map itself (the center's network is closed); a tile server inside it can
+  // be drawn underneath (setting wall_tile_url), and then the map is in Web Mercator like tiles.
+  const tiled = Boolean(state.city.tile_url);
   const features = grids.map(f => ({...f, properties: {...f.properties, name: f.properties.name || f.properties.id}}));
   echarts.registerMap('city', {type: 'FeatureCollection', features});
   chart.setOption({
@@ -180,7 +184,8 @@ function setupMap() {
     tooltip: {trigger: 'item', formatter: tooltip},
     geo: {
       map: 'city', roam: true, boundingCoords: [[minLon - pad, maxLat + pad], [maxLon + pad, minLat - pad]],
-      itemStyle: {areaColor: '#10324a', borderColor: '#2f6d94', borderWidth: 1},
+      projection: tiled ? {project: mercator, unproject: unmercator} : undefined,
+      itemStyle: {areaColor: tiled ? 'rgba(16, 50, 74, 0.35)' : '#10324a', borderColor: '#2f6d94', borderWidth: 1},
       emphasis: {itemStyle: {areaColor: '#174565'}, label: {show: false}},
       label: {show: true, color: '#5f88a6', fontSize: 11},
     },
@@ -192,6 +197,66 @@ function setupMap() {
       {name: 'incidents', type: 'effectScatter', coordinateSystem: 'geo', data: [], rippleEffect: {scale: 4, brushType: 'stroke'}, zlevel: 1},
     ],
   }, true);
+  drawTiles();
+}
+
+// ---- map tiles (optional) -------------------------------------------------------------------
+
+const TILE = 256;
+const MAX_TILES = 300;
+const tileImages = new Map();
+
+// Web Mercator in the pixels of zoom level 0 (the world is 256 wide), y downwards as on screen.
+function mercator([lon, lat]) {
+  const s = Math.sin(Math.max(-85.05, Math.min(85.05, lat)) * Math.PI / 180);
+  return [(lon + 180) / 360 * TILE, (0.5 - Math.log((1 + s) / (1 - s)) / (4 * Math.PI)) * TILE];
+}
+
+function unmercator([x, y]) {
+  const n = Math.PI - 2 * Math.PI * y / TILE;
+  return [x / TILE * 360 - 180, 180 / Math.PI * Math.atan(Math.sinh(n))];
+}
+
+function drawTiles() {
+  const layer = document.getElementById('map-tiles');
+  const template = state.city && state.city.tile_url;
+  if (!chart || !template) { layer.replaceChildren(); tileImages.clear(); return; }
+  // The chart's view is world (Mercator) coordinates scaled by k and shifted by (bx, by).
+  const centre = [TILE / 2, TILE / 2];  // any point will do: the view is linear in world units
+  const a = chart.convertToPixel({geoIndex: 0}, unmercator(centre));
+  const b = chart.convertToPixel({geoIndex: 0}, unmercator([centre[0] + 1, centre[1]]));
+  if (!a || !b) return;
+  const k = b[0] - a[0];
+  const bx = a[0] - k * centre[0], by = a[1] - k * centre[1];
+  const z = Math.max(0, Math.min(19, Math.round(Math.log2(k))));
+  const span = TILE / 2 ** z;  // one tile, in world units
+  const size = k * span;       // one tile, in pixels
+  const w = layer.clientWidth, h = layer.clientHeight;
+  const x0 = Math.floor((0 - bx) / k / span), x1 = Math.floor((w - bx) / k / span);
+  const y0 = Math.max(0, Math.floor((0 - by) / k / span)), y1 = Math.min(2 ** z - 1, Math.floor((h - by) / k / span));
+  const wanted = new Set();
+  for (let ty = y0; ty <= y1; ty++) {
+    for (let tx = x0; tx <= x1 && wanted.size < MAX_TILES; tx++) {
+      const wrapped = ((tx % 2 ** z) + 2 ** z) % 2 ** z;
+      const key = `${z}/${tx}/${ty}`;
+      wanted.add(key);
+      let img = tileImages.get(key);
+      if (!img) {
+        img = new Image();
+        img.alt = '';
+        img.decoding = 'async';
+        img.dataset.tile = `${z}/${wrapped}/${ty}`;
+        img.onerror = () => { img.style.visibility = 'hidden'; };  // a missing tile is a gap, not an error
+        img.src = template.replace('{z}', z).replace('{x}', wrapped).replace('{y}', ty);
+        tileImages.set(key, img);
+        layer.appendChild(img);
+      }
+      img.style.left = `${bx + tx * size}px`;
+      img.style.top = `${by + ty * size}px`;
+      img.style.width = img.style.height = `${size + 0.5}px`;  // half a pixel over: no seams
+    }
+  }
+  for (const [key, img] of tileImages) if (!wanted.has(key)) { img.remove(); tileImages.delete(key); }
 }
 
 function tooltip(p) {

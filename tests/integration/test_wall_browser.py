@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 import shutil
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
@@ -249,3 +255,96 @@ async def test_the_consoles_take_a_ticket_through_its_life(city: tuple[Center, s
     await other.locator("#login").wait_for(state="visible")
     assert "handler" in await other.locator("#login-error").inner_text()
     assert errors == []
+
+
+@pytest.fixture
+def tile_server() -> Iterator[tuple[str, list[str]]]:
+    """A tile server of the center's own network: a small PNG for every /tiles/z/x/y.png."""
+    ok, png = cv2.imencode(".png", np.full((256, 256, 3), (90, 60, 30), np.uint8))
+    assert ok
+    body = png.tobytes()
+    asked: list[str] = []
+
+    class Tiles(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Tiles)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/tiles/{{z}}/{{x}}/{{y}}.png", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def tile_of(lon: float, lat: float, z: int) -> tuple[int, int]:
+    """The XYZ tile holding a point (the OpenStreetMap wiki's formula)."""
+    n = 2**z
+    rad = math.radians(lat)
+    return int((lon + 180) / 360 * n), int((1 - math.asinh(math.tan(rad)) / math.pi) / 2 * n)
+
+
+async def assert_tile_under(page: Page, lon: float, lat: float) -> int:
+    """The tile drawn under a point of the map is the one that holds it; returns its zoom."""
+    found: dict[str, Any] = await page.evaluate(
+        """([lon, lat]) => {
+             const [px, py] = wallChart.convertToPixel({geoIndex: 0}, [lon, lat]);
+             const layer = document.getElementById('map-tiles').getBoundingClientRect();
+             const under = [...document.querySelectorAll('#map-tiles img')].filter(img => {
+               const r = img.getBoundingClientRect();
+               return r.left - layer.left <= px && px < r.right - layer.left
+                   && r.top - layer.top <= py && py < r.bottom - layer.top; });
+             return {tiles: under.map(img => img.dataset.tile),
+                     loaded: under.every(img => img.complete && img.naturalWidth === 256)}; }""",
+        [lon, lat],
+    )
+    assert found["tiles"], "a tile is drawn under the point"
+    z = int(found["tiles"][0].split("/")[0])
+    x, y = tile_of(lon, lat, z)
+    assert f"{z}/{x}/{y}" in found["tiles"], f"the tile under ({lon}, {lat}) is {found['tiles']}, not {z}/{x}/{y}"
+    assert found["loaded"]
+    return z
+
+
+async def test_map_tiles_from_a_configured_server_lie_under_the_grids(
+    request: pytest.FixtureRequest, tmp_path: Path, browser: Browser, tile_server: tuple[str, list[str]]
+) -> None:
+    template, asked = tile_server
+    settings: dict[str, Any] = {"config_file": demo_city_path(), "wall_tile_url": template}
+    async with open_center(request, tmp_path, "embedded", **settings) as center, serving(center.runtime) as ws_base:
+        base = ws_base.replace("ws://", "http://")
+        page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+        errors = watch_console(page)
+        await page.goto(f"{base}/#token={center.runtime.admin_token}")
+        await page.wait_for_selector("#link.up")
+        await page.wait_for_function(
+            "[...document.querySelectorAll('#map-tiles img')].some(i => i.complete && i.naturalWidth > 0)"
+        )
+        gauge = (await center.api.get("/api/devices/res-tielu")).json()
+        z = await assert_tile_under(page, gauge["lon"], gauge["lat"])
+        assert all(re.fullmatch(r"/tiles/\d+/\d+/\d+\.png", path) for path in asked), asked
+        # Zoomed in with the wheel: finer tiles, still under the same point.
+        box = await page.locator("#map").bounding_box()
+        assert box is not None
+        await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        for _ in range(6):
+            await page.mouse.wheel(0, -400)
+            await page.wait_for_timeout(100)
+        await page.wait_for_function(
+            f"[...document.querySelectorAll('#map-tiles img')].every(i => +i.dataset.tile.split('/')[0] > {z})"
+        )
+        await page.wait_for_function(
+            "[...document.querySelectorAll('#map-tiles img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+        assert await assert_tile_under(page, gauge["lon"], gauge["lat"]) > z
+        assert errors == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,22 @@ def test_a_wrong_config_file_is_a_clear_error(tmp_path: Path, content: str) -> N
     config.write_text(content)
     with pytest.raises(ConfigError):
         load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("tiles.local/{z}/{x}/{y}.png", "http"),
+        ("file:///srv/tiles/{z}/{x}/{y}.png", "http"),
+        ("http://tiles.local/{z}/{x}.png", "{y}"),
+        ("http://tiles.local/tile.png", "{z}, {x}, {y}"),
+    ],
+)
+def test_a_wall_tile_url_must_be_an_xyz_template(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(None, wall_tile_url=url)
+
+
+def test_a_wall_tile_url_template_is_taken() -> None:
+    url = "https://tiles.city.local/osm/{z}/{x}/{y}.png"
+    assert load_settings(None, wall_tile_url=url).wall_tile_url == url
