@@ -80,7 +80,10 @@ function receive(message) {
     case 'reading': state.readings.set(d.device_id, d); return schedule('devices', 'readings', 'levels');
     case 'vehicle': return moveVehicle(d);
     case 'incident': return updateIncident(d);
-    case 'ticket': state.tickets.set(d.id, {...state.tickets.get(d.id), ...d}); return schedule('tickets');
+    case 'ticket':
+      state.tickets.set(d.id, {...state.tickets.get(d.id), ...d});
+      if (state.command && d.incident_id === state.command) loadCommandTicket();
+      return schedule('tickets');
     case 'camera': {
       const cam = state.cameras.get(d.id);
       if (cam) { cam.status = d.status; cam.reason = d.reason; }
@@ -567,8 +570,13 @@ async function loadCommandTicket() {
     const found = await api(`/api/tickets?incident_id=${encodeURIComponent(state.command)}`);
     const t = found[0];
     el.dataset.ticket = t ? t.id : '';
-    el.innerHTML = t ? `<h2>工单 Ticket ${esc(t.number)}</h2><div>${esc(t.status)} · ${esc(t.department_id || '待派 queue')} · 时限 ${fmtTime(t.deadline)}</div>`
+    el.dataset.status = t ? t.status : '';
+    el.innerHTML = t ? `<h2>工单 Ticket ${esc(t.number)}</h2><div>${esc(t.status)}${t.supervised ? ' · 督办 supervised' : ''} · ${esc(t.department_id || '待派 queue')} · 时限 ${fmtTime(t.deadline)}</div>`
       : '<h2>工单 Ticket</h2><div class="meta">暂无 none yet</div>';
+    // Only what the ticket's state allows: a dispatched ticket is supervised, not dispatched again.
+    const allowed = new Set(t ? t.allowed_actions : []);
+    document.getElementById('cmd-dispatch').disabled = !allowed.has('dispatch');
+    document.getElementById('cmd-supervise').disabled = !allowed.has('supervise');
   } catch (e) {
     el.innerHTML = `<div class="meta">${esc(explain(e))}</div>`;
   }
@@ -585,6 +593,11 @@ async function commandAction(kind) {
       const t = await api(`/api/tickets/${encodeURIComponent(ticketId)}/actions`, {method: 'POST', body: {action: 'dispatch', department_id: department, note}});
       log.textContent = `派单 dispatched to ${t.department_id}`;
       loadCommandTicket();
+    } else if (kind === 'supervise') {
+      const ticketId = document.getElementById('command-ticket').dataset.ticket;
+      await api(`/api/tickets/${encodeURIComponent(ticketId)}/actions`, {method: 'POST', body: {action: 'supervise', note}});
+      log.textContent = '督办 supervised';
+      loadCommandTicket();
     } else {
       const i = await api(`/api/incidents/${encodeURIComponent(state.command)}/${kind}`, {method: 'POST', body: {note}});
       state.incidents.set(i.id, {...state.incidents.get(i.id), ...i});
@@ -600,6 +613,7 @@ async function commandAction(kind) {
 document.getElementById('cmd-ack').onclick = () => commandAction('acknowledge');
 document.getElementById('cmd-escalate').onclick = () => commandAction('escalate');
 document.getElementById('cmd-dispatch').onclick = () => commandAction('dispatch');
+document.getElementById('cmd-supervise').onclick = () => commandAction('supervise');
 document.getElementById('command-exit').onclick = () => {
   document.getElementById('command').hidden = true;
   showCameras(document.getElementById('command-cameras'), []);

@@ -116,6 +116,13 @@ async def test_the_wall_in_a_browser(city: tuple[Center, str], browser: Browser)
         await page.wait_for_function(
             "document.querySelector('[data-device=\"res-tielu\"] .value').textContent === '24.35 m'", timeout=10_000
         )
+        # Flood now goes to two departments, neither the grid's: its ticket will wait to be dispatched.
+        for department in (
+            {"id": "water", "name": "水务局", "categories": ["water_level", "reservoir"]},
+            {"id": "emergency", "name": "应急管理局", "categories": ["gas", "work_safety", "hazmat", "flood"]},
+            {"id": "fire", "name": "消防救援支队", "categories": ["smoke", "fire", "flood"]},
+        ):
+            assert (await center.api.post("/api/departments", json=department)).status_code == 200
         # Past the warning level: an incident appears in the list and on the map.
         await level(center, "res-tielu", 25.8)
         incident = page.locator("#incidents li.high")
@@ -157,6 +164,31 @@ async def test_the_wall_in_a_browser(city: tuple[Center, str], browser: Browser)
         assert tielu["status"] == "acknowledged"
         history = (await center.api.get(f"/api/incidents/{tielu['id']}")).json()["history"]
         assert any(h["action"] == "acknowledged" and h["who"] == "admin" for h in history), "audited with who"
+        # The leader escalates, dispatches the waiting ticket and supervises it, all from the wall.
+        await page.click("#cmd-escalate")
+        await page.wait_for_function(
+            "document.querySelector('#command-log').textContent.includes('tier 2')", timeout=10_000
+        )
+        await page.wait_for_selector("#cmd-dispatch:not([disabled])", timeout=10_000)
+        assert await page.is_disabled("#cmd-supervise") is False  # a new ticket can be supervised too
+        await page.select_option("#cmd-department", "emergency")
+        await page.click("#cmd-dispatch")
+        await page.wait_for_function(
+            "document.querySelector('#command-log').textContent.includes('dispatched to emergency')", timeout=10_000
+        )
+        await page.wait_for_selector("#cmd-dispatch[disabled]", timeout=10_000)
+        await page.click("#cmd-supervise")
+        await page.wait_for_function(
+            "document.querySelector('#command-ticket').textContent.includes('supervised')", timeout=10_000
+        )
+        incident = (await center.api.get(f"/api/incidents/{tielu['id']}")).json()
+        assert incident["escalation_tier"] == 2
+        assert any(h["action"] == "escalated" and h["who"] == "admin" for h in incident["history"])
+        [ticket] = (await center.api.get("/api/tickets", params={"incident_id": tielu["id"]})).json()
+        assert (ticket["status"], ticket["department_id"], ticket["supervised"]) == ("dispatched", "emergency", True)
+        steps = (await center.api.get(f"/api/tickets/{ticket['id']}/history")).json()
+        assert [s["action"] for s in steps if s["action"] in ("dispatch", "supervise")] == ["dispatch", "supervise"]
+        assert all(s["who"] == "admin" for s in steps if s["action"] in ("dispatch", "supervise"))
         await page.click("#command-exit")
         await page.screenshot(path=str(DOCS / "wall-1920x1080.png"))
         big = await browser.new_page(viewport={"width": 3840, "height": 2160})
