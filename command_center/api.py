@@ -24,6 +24,7 @@ from kernel.redact import redact_text
 
 from .api_cameras import camera_routes
 from .api_incidents import incident_routes
+from .api_notify import notify_routes
 from .api_open311 import open311_routes
 from .api_tickets import ticket_routes
 from .api_wall import wall_routes
@@ -290,6 +291,8 @@ def build_app(runtime: Runtime) -> FastAPI:
         app.include_router(open311_routes(runtime))
     if runtime.wall is not None:
         app.include_router(wall_routes(runtime, runtime.wall))
+    if runtime.notifier is not None:
+        app.include_router(notify_routes(runtime, runtime.notifier, role_in))
 
     async def authenticate(token: str) -> Principal | None:
         return await runtime.tokens.lookup(token, clock.now_ms())

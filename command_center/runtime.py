@@ -7,7 +7,9 @@ import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import httpx
 from sqlalchemy import Engine, text
 
 from alerts.adapters.incidents_sql import SqlIncidents
@@ -33,8 +35,12 @@ from kernel.bus import MemoryBus
 from kernel.bus_redis import RedisBus
 from kernel.clock import Clock
 from kernel.db import database_url, make_engine
-from kernel.ports import Bus, LiveState, TimeSeries
+from kernel.events import INCIDENT_CHANGED, TICKET_CHANGED
+from kernel.ports import Bus, LiveState, LiveSubscription, TimeSeries
 from kernel.settings import Settings
+from notify.adapters.notify_sql import SqlNotify
+from notify.adapters.senders import senders
+from notify.notifier import Notifier, NotifyOptions
 from video_index.adapters.cameras_sql import SqlCameras
 from video_index.adapters.snapshots import FileSnapshots, RedisSnapshots
 from video_index.catalog import CameraCatalog
@@ -115,6 +121,10 @@ class Runtime:
     ticket_scheduler: TicketScheduler | None = None
     incident_tickets: IncidentTickets | None = None
     wall: WallHub | None = None
+    notify: SqlNotify | None = None
+    notifier: Notifier | None = None
+    notify_wake: LiveSubscription | None = None
+    http_client: httpx.AsyncClient | None = None
     roles: tuple[str, ...] = field(default=())
 
     def ticket_desk(self) -> TicketDesk:
@@ -296,6 +306,48 @@ async def start_tickets(runtime: Runtime) -> TicketDesk:
     return desk
 
 
+def public_url(settings: Settings) -> str:
+    return settings.public_url or f"http://{settings.http_host}:{settings.http_port}"
+
+
+async def start_notifier(runtime: Runtime) -> Notifier:
+    """The notifier (outbox to notifications, delivery, repeats) in this process."""
+    s = runtime.settings
+    store = runtime.notify or SqlNotify(runtime.engine)
+    runtime.notify = store
+    runtime.http_client = httpx.AsyncClient(timeout=s.notify_send_timeout_s, follow_redirects=False)
+    # Woken by the bus when an incident or ticket changes; the outbox is the guarantee, this
+    # only saves the wait for the next poll.
+    runtime.notify_wake = wake = runtime.bus.live((INCIDENT_CHANGED, TICKET_CHANGED))
+
+    async def changed() -> None:
+        await wake.take(1000, timeout_s=None)
+
+    notifier = Notifier(
+        store,
+        runtime.clock,
+        ZoneInfo(s.timezone),
+        senders(runtime.http_client, s.notify_send_timeout_s),
+        NotifyOptions(
+            public_url=public_url(s),
+            poll_s=s.notify_poll_s,
+            lease_s=s.notify_lease_s,
+            send_timeout_s=s.notify_send_timeout_s,
+            max_attempts=s.notify_max_attempts,
+            backoff_s=s.notify_backoff_s,
+            max_per_window=s.notify_max_per_window,
+            window_s=s.notify_window_s,
+            concurrency=s.notify_concurrency,
+            link_ttl_s=s.notify_link_ttl_s,
+            repeat_check_s=s.notify_repeat_check_s,
+        ),
+        wake_on=changed,
+    )
+    await notifier.start()
+    runtime.notifier = notifier
+    return notifier
+
+
 async def start_wall(runtime: Runtime) -> WallHub:
     """The wall's WebSocket hub on the live fan-out (API processes)."""
     from .api_wall import kpi_tiles  # the API's JSON shapes; only API processes need them
@@ -419,9 +471,12 @@ async def start_runtime(
     runtime.snapshots = make_snapshots(settings)
     runtime.live_views = LiveViews(LiveOptions(max_remuxes=settings.live_max_remuxes, idle_s=settings.live_idle_s))
     runtime.tickets = SqlTickets(engine)
+    runtime.notify = SqlNotify(engine)
     if tickets:
         await start_tickets(runtime)
         await start_wall(runtime)
+        if settings.notify_enabled:
+            await start_notifier(runtime)
     if rules:
         await start_rules(runtime)
     if watch and settings.watch_cameras:
@@ -469,9 +524,19 @@ async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -
         await runtime.ingress.stop()
     if runtime.rules_engine is not None:
         await runtime.rules_engine.stop()
-    for ticket_part in (runtime.wall, runtime.incident_tickets, runtime.ticket_scheduler, runtime.desk):
+    for ticket_part in (
+        runtime.notifier,
+        runtime.wall,
+        runtime.incident_tickets,
+        runtime.ticket_scheduler,
+        runtime.desk,
+    ):
         if ticket_part is not None:
             await _bounded(ticket_part.stop(), f"{type(ticket_part).__name__}.stop")
+    if runtime.notify_wake is not None:
+        await runtime.notify_wake.close()
+    if runtime.http_client is not None:
+        await runtime.http_client.aclose()
     if runtime.broker is not None:
         await runtime.broker.stop()
     # The video parts, each bounded: a stream that hangs must not hold the process's stop.

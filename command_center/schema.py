@@ -21,7 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from alerts.adapters import incidents_sql
 from hotline.adapters import tickets_sql
 from iot_gateway.adapters import records_sql
+from kernel import outbox
 from kernel.errors import ConfigError, StoreError
+from notify.adapters import notify_sql
 from video_index.adapters import cameras_sql
 
 from . import auth
@@ -118,6 +120,8 @@ def metadata() -> MetaData:
         incidents_sql.metadata,
         cameras_sql.metadata,
         tickets_sql.metadata,
+        outbox.metadata,
+        notify_sql.metadata,
     ):
         for table in source.tables.values():
             table.to_metadata(merged)

@@ -145,12 +145,38 @@ class Settings(BaseSettings):
     # http://tiles.city.local/{z}/{x}/{y}.png (XYZ, Web Mercator). Unset: the grids alone.
     wall_tile_url: str | None = None
 
+    # Notifications (issue 12): the notifier runs in API processes (and `cityops notifier`).
+    notify_enabled: bool = True
+    # Where people's phones reach the center: the acknowledgement links in messages start with
+    # it (default http://HTTP_HOST:HTTP_PORT, fine on one machine, not for phones).
+    public_url: str | None = None
+    notify_poll_s: float = Field(default=0.2, gt=0, le=60)
+    # A worker that dies mid-send leaves its notification to another after this long.
+    notify_lease_s: float = Field(default=30.0, ge=1)
+    notify_send_timeout_s: float = Field(default=10.0, gt=0)
+    notify_max_attempts: int = Field(default=6, ge=1, le=100)
+    notify_backoff_s: float = Field(default=5.0, gt=0)
+    notify_concurrency: int = Field(default=20, ge=1, le=1000)
+    # At most this many messages to one person on one channel per window; more wait in a digest.
+    notify_max_per_window: int = Field(default=5, ge=1)
+    notify_window_s: float = Field(default=600.0, gt=0)
+    notify_link_ttl_s: float = Field(default=86_400.0, gt=0)
+    notify_repeat_check_s: float = Field(default=5.0, gt=0)
+
     @model_validator(mode="after")
     def _known_timezone(self) -> Settings:
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"timezone {self.timezone!r} is not a known IANA time zone") from exc
+        if self.notify_send_timeout_s >= self.notify_lease_s:
+            raise ValueError(
+                "notify_send_timeout_s must be shorter than notify_lease_s (a send outliving its lease is sent twice)"
+            )
+        if self.public_url is not None:
+            public = urlsplit(self.public_url)
+            if public.scheme not in ("http", "https") or not public.netloc:
+                raise ValueError("public_url must be an http(s) URL such as https://ops.city.gov.cn")
         if self.wall_tile_url is not None:
             tile = urlsplit(self.wall_tile_url)
             if tile.scheme not in ("http", "https") or not tile.netloc:

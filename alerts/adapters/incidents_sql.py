@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from kernel import outbox
 from kernel.errors import StoreError
 
 from ..domain.evaluate import Clear, Raise
@@ -158,6 +159,13 @@ def _incident(row: Any) -> Incident:
     )
 
 
+def outbox_state(incident: Incident) -> dict[str, Any]:
+    """The incident as the outbox carries it (what a notification policy looks at)."""
+    row = _row(incident)
+    del row["open_key"], row["cleared"], row["subject"]
+    return row
+
+
 def new_incident_id() -> str:
     return "inc-" + secrets.token_hex(6)
 
@@ -245,7 +253,7 @@ class SqlIncidents:
                     if current is None:
                         incident, entry = open_incident(new_incident_id(), category, raise_)
                         conn.execute(insert(incidents).values(**_row(incident)))
-                        self._log(conn, [entry])
+                        self._log(conn, [entry], incident)
                         return incident, True
                     changed, entries = update_incident(current, raise_)
                     if not entries:
@@ -282,7 +290,7 @@ class SqlIncidents:
                     if group is None:
                         incident, opened = open_incident(new_incident_id(), category, raise_)
                         conn.execute(insert(incidents).values(**_row(incident)))
-                        self._log(conn, [opened])
+                        self._log(conn, [opened], incident)
                         group = incident
                     else:
                         changed, entries = update_incident(group, raise_)
@@ -351,10 +359,21 @@ class SqlIncidents:
         # incident: a rules process's copy may not know it yet and must not erase it.
         del values["ticket_id"]
         conn.execute(update(incidents).where(incidents.c.id == incident.id).values(**values))
-        self._log(conn, entries)
+        self._log(conn, entries, incident)
 
     @staticmethod
-    def _log(conn: Connection, entries: builtins.list[HistoryEntry]) -> None:
+    def _log(conn: Connection, entries: builtins.list[HistoryEntry], incident: Incident) -> None:
+        # The outbox row goes with the change (notifications follow from it); a plain "updated"
+        # (the rule raised again, nothing anyone is told about changed) is left out of it.
+        state = outbox_state(incident)
+        outbox.append(
+            conn,
+            [
+                outbox.OutboxEntry(e.at_ms, "incident", e.incident_id, e.action, e.actor, state, {"note": e.detail})
+                for e in entries
+                if e.action != "updated"
+            ],
+        )
         if entries:
             conn.execute(
                 insert(incident_history),

@@ -46,6 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from kernel import outbox
 from kernel.db import dialect_insert
 from kernel.errors import StoreError
 
@@ -254,6 +255,43 @@ def _entry_row(e: HistoryEntry, dedup: str | None = None) -> dict[str, Any]:
     }
 
 
+OUTBOX_FIELDS: Final = (
+    "id",
+    "number",
+    "channel",
+    "category",
+    "urgency",
+    "status",
+    "title",
+    "grid_id",
+    "street",
+    "department_id",
+    "incident_id",
+    "lat",
+    "lon",
+    "camera_ids",
+    "deadline_ms",
+    "response_deadline_ms",
+    "supervised",
+    "overdue",
+)
+
+
+def _outbox(conn: Connection, ticket: Ticket, entry: HistoryEntry) -> None:
+    """The change's outbox row, in its transaction (no caller's personal data in it)."""
+    row = _row(ticket)
+    state = {k: row[k] for k in OUTBOX_FIELDS}
+    detail = {k: v for k, v in entry.detail.items() if k not in ("caller_phone", "caller_name")}
+    outbox.append(
+        conn,
+        [
+            outbox.OutboxEntry(
+                entry.at_ms, "ticket", ticket.id, entry.action, entry.actor, state, {**detail, "role": entry.role}
+            )
+        ],
+    )
+
+
 def new_ticket_id() -> str:
     return "tk-" + secrets.token_hex(6)
 
@@ -441,12 +479,14 @@ class SqlTickets:
                     ticket.id, ticket.created_at_ms, actor[0], actor[1], "created", None, ticket.status, detail
                 )
                 conn.execute(insert(ticket_history).values(**_entry_row(entry)))
+                _outbox(conn, ticket, entry)
                 if then is not None:
                     ticket, entry = then(ticket)
                     values = _row(ticket)
                     del values["id"]
                     conn.execute(update(tickets).where(tickets.c.id == ticket.id).values(**values, version=2))
                     conn.execute(insert(ticket_history).values(**_entry_row(entry)))
+                    _outbox(conn, ticket, entry)
                 return ticket, True
         except IntegrityError:
             # Another process made the incident's ticket between our look and our insert.
@@ -477,6 +517,7 @@ class SqlTickets:
                     if done.rowcount != 1:
                         continue  # someone else changed it first: recompute from the new state
                     conn.execute(insert(ticket_history).values(**_entry_row(entry)))
+                    _outbox(conn, changed, entry)
                     return changed, entry
             except SQLAlchemyError as exc:
                 raise _wrap("change the ticket", exc) from exc

@@ -151,7 +151,7 @@ def test_no_password_or_token_reaches_health_errors_or_logs(
 ) -> None:
     influx = servers.influxdb(tmp_path, auth=True)  # no user "writer": InfluxDB answers 401
     db = servers.new_database(postgres_server, "secrets")
-    secret = "S3cret"  # noqa: S105 - a marker to look for in the output, not a credential
+    secret = "S3cret"
     env = {
         "CITYOPS_MQTT_URL": mosquitto_server.url.replace("mqtt://", f"mqtt://gw:{secret}-mqtt@"),
         "CITYOPS_REDIS_URL": redis_server.url.replace("redis://", f"redis://:{secret}-redis@"),

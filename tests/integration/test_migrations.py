@@ -22,7 +22,7 @@ from kernel.db import database_url, make_engine
 from kernel.errors import ConfigError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-OLD_TOKEN = "an-old-admin-token-from-release-one-0123456789"  # noqa: S105 - a test token, not a secret
+OLD_TOKEN = "an-old-admin-token-from-release-one-0123456789"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

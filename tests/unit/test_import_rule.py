@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-AREAS = ("iot_gateway", "alerts", "video_index", "hotline", "command_center")
+AREAS = ("iot_gateway", "alerts", "video_index", "hotline", "notify", "command_center")
 FORBIDDEN = {
     "kernel": set(AREAS) | {"frontend"},
-    "iot_gateway": {"alerts", "video_index", "hotline", "command_center"},
-    "alerts": {"iot_gateway", "video_index", "hotline", "command_center"},
-    "video_index": {"iot_gateway", "alerts", "hotline", "command_center"},
-    "hotline": {"iot_gateway", "alerts", "video_index", "command_center"},
+    "iot_gateway": {"alerts", "video_index", "hotline", "notify", "command_center"},
+    "alerts": {"iot_gateway", "video_index", "hotline", "notify", "command_center"},
+    "video_index": {"iot_gateway", "alerts", "hotline", "notify", "command_center"},
+    "hotline": {"iot_gateway", "alerts", "video_index", "notify", "command_center"},
+    "notify": {"iot_gateway", "alerts", "video_index", "hotline", "command_center"},
 }
 
 
