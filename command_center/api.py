@@ -291,8 +291,8 @@ def build_app(runtime: Runtime) -> FastAPI:
         app.include_router(open311_routes(runtime))
     if runtime.wall is not None:
         app.include_router(wall_routes(runtime, runtime.wall))
-    if runtime.notifier is not None:
-        app.include_router(notify_routes(runtime, runtime.notifier, role_in))
+    if runtime.desk is not None and runtime.notify is not None:
+        app.include_router(notify_routes(runtime, runtime.notify, role_in))
 
     async def authenticate(token: str) -> Principal | None:
         return await runtime.tokens.lookup(token, clock.now_ms())

@@ -27,11 +27,12 @@ from alerts.domain.incidents import TransitionError, acknowledge
 from alerts.engine import incident_event
 from kernel.clock import parse_time
 from kernel.errors import StoreError
+from notify.adapters.notify_sql import SqlNotify
 from notify.domain.channels import ChannelError, masked, parse_channel
 from notify.domain.links import LinkError, verify
 from notify.domain.policy import DEFAULT_POLICIES, PolicyError, parse_policies, policy_json
 from notify.domain.roster import CONTACT_TYPES, TIERS, RosterError, merge_csv, parse_merged, parse_roster
-from notify.notifier import Notifier
+from notify.notifier import NotifyConfig, load_config
 
 from .auth import Principal
 from .runtime import Runtime
@@ -79,11 +80,12 @@ class TestSend(BaseModel):
 
 def notify_routes(
     runtime: Runtime,
-    notifier: Notifier,
+    store: SqlNotify,
     role_in: Callable[[frozenset[str]], Callable[[Principal], Awaitable[Principal]]],
 ) -> APIRouter:
+    """The routes; they work in an API process that runs no notifier of its own (then the
+    settings are read from the records on each call, and a test-send answers 503)."""
     api = APIRouter()
-    store = notifier.store
     clock = runtime.clock
     tz = ZoneInfo(runtime.settings.timezone)
     admin = Depends(role_in(frozenset({"admin"})))
@@ -99,7 +101,11 @@ def notify_routes(
 
     async def save(key: str, value: Any, who: Principal) -> None:
         await store.put_config(key, value, who.name, clock.now_ms())
-        await notifier.reload()
+        if runtime.notifier is not None:
+            await runtime.notifier.reload()
+
+    async def current() -> NotifyConfig:
+        return runtime.notifier.config if runtime.notifier is not None else await load_config(store)
 
     # ----- the roster ------------------------------------------------------------------
 
@@ -148,7 +154,7 @@ def notify_routes(
             at_ms = parse_time(at) if at else clock.now_ms()
         except ValueError as exc:
             raise RequestValidationError([{"loc": ("query", "at"), "msg": str(exc), "type": "value_error"}]) from exc
-        roster = notifier.config.roster
+        roster = (await current()).roster
         posts = [*TIERS, *(f"dept:{d}" for d in await departments())]
         posts += [p for p in roster.posts() if p not in posts]
         on_duty = {
@@ -167,12 +173,12 @@ def notify_routes(
 
     @api.get("/api/notify/policies", dependencies=[duty_reader])
     async def get_policies() -> list[dict[str, Any]]:
-        return [policy_json(p) for p in notifier.config.policies]
+        return [policy_json(p) for p in (await current()).policies]
 
     @api.put("/api/notify/policies")
     async def put_policies(body: Annotated[Any, Body()], who: Principal = admin) -> list[dict[str, Any]]:
         try:
-            policies = parse_policies(body, await departments(), notifier.config.roster.people)
+            policies = parse_policies(body, await departments(), (await current()).roster.people)
         except PolicyError as exc:
             raise _refused(exc, "body") from exc
         await save("policies", [policy_json(p) for p in policies], who)
@@ -253,7 +259,9 @@ def notify_routes(
                     }
                 ]
             )
-        notification_id = await notifier.test_send(body.person_id, body.channel, who.name)
+        if runtime.notifier is None:
+            raise HTTPException(503, "this process runs no notifier (notify_enabled is false)")
+        notification_id = await runtime.notifier.test_send(body.person_id, body.channel, who.name)
         if notification_id is None:
             raise HTTPException(404, f"no person {body.person_id!r} with a {body.channel} contact in the roster")
         found = await store.get(notification_id)
@@ -312,7 +320,7 @@ def notify_routes(
             link = await _link(token)
         except HTTPException as exc:
             return _page("链接无效 Link not valid", f"<p>{html.escape(str(exc.detail))}</p>", exc.status_code)
-        person = notifier.config.roster.people.get(link["person_id"])
+        person = (await current()).roster.people.get(link["person_id"])
         who = f"{person.name if person else link['person_id']} (via link)"
         now = clock.now_ms()
         if not await store.use_link(link["id"], who, now):

@@ -26,7 +26,7 @@ from kernel.settings import Settings, load_settings
 from video_index.simulator import CameraSimulator, FfmpegStreams
 
 from .city import demo_city_path, load_city
-from .runtime import Runtime, load_city_cameras, make_bus, mqtt_target, start_runtime, stop_runtime
+from .runtime import Runtime, load_city_cameras, make_bus, mqtt_target, start_notifier, start_runtime, stop_runtime
 from .simulator import SCENARIOS, CitySimulation, SimulatorThread
 
 log = logging.getLogger("cityops")
@@ -83,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     prober.add_argument("--data-dir", type=Path)
     prober.add_argument("--http-host", help="where its health endpoint listens (default 127.0.0.1)")
     prober.add_argument("--health-port", type=int, default=None, help="serve GET /api/health on this port")
+
+    notifier = sub.add_parser(
+        "notifier",
+        help="run only the notifier (a production process; API processes run one too; several share the work)",
+    )
+    notifier.add_argument("--config", type=Path)
+    notifier.add_argument("--data-dir", type=Path)
+    notifier.add_argument("--http-host", help="where its health endpoint listens (default 127.0.0.1)")
+    notifier.add_argument("--health-port", type=int, default=None, help="serve GET /api/health on this port")
 
     mig = sub.add_parser("migrate", help="bring the records database's schema up to date (run once, before the others)")
     mig.add_argument("--config", type=Path)
@@ -283,6 +292,17 @@ async def _prober_only(settings: Settings, health_port: int | None) -> None:
             log.info("camera watch stopped cleanly: %s", runtime.watch.stats())
 
 
+async def _notifier_only(settings: Settings, health_port: int | None) -> None:
+    runtime = await start_runtime(settings, SystemClock(), ingest=False)
+    try:
+        await start_notifier(runtime)
+        await _serve_until_stopped(runtime, settings, health_port)
+    finally:
+        await stop_runtime(runtime)
+        if runtime.notifier is not None:
+            log.info("notifier stopped cleanly: %s", runtime.notifier.counts)
+
+
 async def _serve_until_stopped(runtime: Runtime, settings: Settings, health_port: int | None) -> None:
     """Wait for SIGTERM/SIGINT, serving GET /api/health on `health_port` meanwhile if given."""
     if health_port is None:
@@ -380,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_rules_only(settings, args.health_port))
         elif args.command == "prober":
             asyncio.run(_prober_only(settings, args.health_port))
+        elif args.command == "notifier":
+            asyncio.run(_notifier_only(settings, args.health_port))
         else:
             asyncio.run(_serve(settings, ingest=args.command == "run"))
     except CityOpsError as exc:

@@ -658,3 +658,36 @@ async def test_bad_policies_and_channels_are_refused_and_secrets_never_shown(
         stored = await center.runtime.notify.config("channels")  # type: ignore[union-attr]
         assert stored is not None
         assert stored[0]["email"]["password"] == "p4ss"
+
+
+async def test_one_person_is_reached_on_every_channel_they_have(
+    request: pytest.FixtureRequest, tmp_path: Path, receiver: Receiver
+) -> None:
+    async with open_center(request, tmp_path, "embedded", tickets=True, **FAST) as center:
+        await center.register(GAUGE)
+        contacts = {
+            "webhook": receiver.url("/hook/wang"),
+            "wecom": receiver.url("/robot/wecom?key=k-1"),
+            "dingtalk": receiver.url("/robot/dingtalk?access_token=t-1"),
+            "sms": "13800000001",
+        }
+        await put_roster(
+            center,
+            {"people": [{"id": "wang", "name": "王", "contacts": contacts}], "patterns": rota(("tier1", "wang"))},
+        )
+        assert (await center.api.put("/api/channels/dingtalk", json={"secret": "SECx"})).status_code == 200
+        assert (
+            await center.api.put("/api/channels/sms", json={"url": receiver.url("/sms"), "api_key": "k"})
+        ).status_code == 200
+        incident = await open_incident(center)
+        for path in ("/hook/wang", "/robot/wecom", "/robot/dingtalk", "/sms"):
+            [got] = await receiver.wait_for(path)
+            assert "水位" in got.body.decode() or "res-1" in got.body.decode(), got.body
+        assert "sign" in receiver.on("/robot/dingtalk")[0].query
+        assert receiver.on("/sms")[0].json()["to"] == "13800000001"
+
+        async def four_sent() -> bool:
+            log = (await center.api.get("/api/notifications", params={"incident_id": incident["id"]})).json()
+            return sorted(n["channel"] for n in log if n["status"] == "sent") == ["dingtalk", "sms", "webhook", "wecom"]
+
+        await eventually(four_sent)
