@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from iot_gateway.domain.validation import REASONS
 from iot_gateway.gateway import STORE_REJECTED
@@ -61,6 +62,10 @@ async def health_report(runtime: Runtime) -> dict[str, Any]:
     warnings: list[str] = []
     if runtime.desk is not None:
         components["tickets"], warnings = _tickets(runtime)
+    if runtime.notifier is not None:
+        notify, notify_warnings = await _notify(runtime)
+        components["notify"] = notify
+        warnings = [*warnings, *notify_warnings]
     report: dict[str, Any] = _redacted(
         {
             "status": "degraded" if degraded else "ok",
@@ -70,6 +75,30 @@ async def health_report(runtime: Runtime) -> dict[str, Any]:
         }
     )
     return report
+
+
+async def _notify(runtime: Runtime) -> tuple[dict[str, Any], list[str]]:
+    """The notifier's counts, dead letters, and tier posts nobody holds right now (a warning:
+    an escalation to them would reach no one)."""
+    notifier = runtime.notifier
+    assert notifier is not None
+    warnings: list[str] = []
+    try:
+        stored = await notifier.store.counts()
+    except StoreError as exc:
+        return {"state": "down", "error": str(exc)[:500]}, warnings
+    if stored.get("failed"):
+        warnings.append(f"{stored['failed']} notification(s) failed for good: GET /api/notifications?status=failed")
+    roster = notifier.config.roster
+    if roster.people:
+        now = runtime.clock.now_ms()
+        tz = ZoneInfo(runtime.settings.timezone)
+        empty = [post for post in ("tier1", "tier2", "tier3") if not roster.on_duty(post, now, tz)]
+        if empty:
+            warnings.append(f"nobody is on duty for {', '.join(empty)} now")
+    else:
+        warnings.append("the duty roster is empty: incidents notify no one (PUT /api/duty)")
+    return {"state": "up", **notifier.counts, "records": stored}, warnings
 
 
 # Warn this long before the official calendar's data runs out (the State Council publishes the

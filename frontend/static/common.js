@@ -71,3 +71,21 @@ export function distanceM(lat1, lon1, lat2, lon2) {
   const a = Math.sin(dlat / 2) ** 2 + Math.cos(lat1 * rad) * Math.cos(lat2 * rad) * Math.sin(dlon / 2) ** 2;
   return 2 * r * Math.asin(Math.sqrt(a));
 }
+
+// Who was notified (of an incident or a ticket) and whether they acknowledged, as a small list.
+const NOTIFY_STATUS = {sent: '已送达 sent', pending: '发送中 pending', failed: '失败 failed', grouped: '汇总 grouped'};
+
+export function notifiedHtml(list) {
+  if (!list.length) return '<div class="meta">暂无通知 nobody notified yet</div>';
+  const byPerson = new Map();
+  for (const n of list) {
+    const key = n.person_id;
+    const seen = byPerson.get(key) || {name: n.person_name, post: n.post, channels: [], acked: null};
+    seen.channels.push(`${n.channel} ${NOTIFY_STATUS[n.status] || n.status}`);
+    seen.acked = seen.acked || n.acknowledged_at;
+    byPerson.set(key, seen);
+  }
+  return [...byPerson.entries()].map(([id, p]) =>
+    `<div class="notified ${p.acked ? 'acked' : ''}" data-person="${esc(id)}">${esc(p.name)} <span class="meta">${esc(p.post || '')}</span>` +
+    ` · ${esc(p.channels.join(', '))}${p.acked ? ` · <b>已确认 acknowledged ${fmtTime(p.acked)}</b>` : ''}</div>`).join('');
+}

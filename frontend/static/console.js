@@ -1,6 +1,6 @@
 // The consoles: hotline agents (/console/agent) and department handlers (/console/handler),
 // behind a token login with the roles of the ticket flow.
-import {api, esc, explain, fmtTime, setToken, takeTokenFromHash, token} from './common.js';
+import {api, esc, explain, fmtTime, notifiedHtml, setToken, takeTokenFromHash, token} from './common.js';
 
 const MODE = location.pathname.endsWith('/handler') ? 'handler' : 'agent';
 const ROLES = {agent: ['agent', 'admin'], handler: ['handler', 'admin']};
@@ -78,11 +78,17 @@ async function loadQueue() {
   document.querySelector('#queue tbody').innerHTML = queue.map(t => `
     <tr data-ticket="${esc(t.id)}" class="${t.channel === 'sensor' ? 'sensor' : ''} ${t.urgency}">
       <td>${esc(t.number)}</td><td>${esc(t.channel)} ${esc(t.called_number || '')}</td><td>${esc(t.category)}</td>
-      <td>${esc(t.title)}<div class="meta">${esc(t.route_note)}${t.returns ? ` · 退回 ${t.returns} 次` : ''}</div></td>
+      <td>${esc(t.title)}<div class="meta">${esc(t.route_note)}${t.returns ? ` · 退回 ${t.returns} 次` : ''}</div>
+        ${t.incident_id ? `<div class="notified-list" data-incident="${esc(t.incident_id)}"></div>` : ''}</td>
       <td>${fmtTime(t.created_at)}</td>
       <td>${t.coordination ? '<span class="meta">待领导协调 awaiting a leader</span>' :
         `<select class="dept">${departmentOptions()}</select> <button class="dispatch" type="button">派单</button>`}</td>
     </tr>`).join('');
+  // Sensor-made tickets: who was told of their incident, and whether they acknowledged it.
+  for (const el of document.querySelectorAll('#queue .notified-list')) {
+    api(`/api/notifications?incident_id=${encodeURIComponent(el.dataset.incident)}`)
+      .then(list => { el.innerHTML = notifiedHtml(list); }).catch(() => {});
+  }
   const waiting = await api('/api/tickets?status=replied&limit=200');
   document.querySelector('#callbacks tbody').innerHTML = waiting.map(t => `
     <tr data-ticket="${esc(t.id)}"><td>${esc(t.number)}</td><td>${esc(t.department_id)}</td><td>${esc(t.reply_text)}</td>

@@ -1,6 +1,6 @@
 // The wall: one WebSocket (/ws/wall) gives a snapshot of the city, then changes; the map,
 // tiles, lists and charts are redrawn from that state, at most once per animation frame.
-import {api, distanceM, esc, explain, fmtTime, pct, setToken, takeTokenFromHash, token} from './common.js';
+import {api, distanceM, esc, explain, fmtTime, notifiedHtml, pct, setToken, takeTokenFromHash, token} from './common.js';
 
 const SEVERITY_RANK = {low: 0, medium: 1, high: 2, critical: 3};
 const SEVERITY_COLOR = {low: '#6cb4ee', medium: '#f0c94a', high: '#ff8a3d', critical: '#ff3b3b'};
@@ -130,6 +130,7 @@ function updateIncident(i) {
     enterCommand(i.id);
   }
   if (state.command === i.id) renderCommandInfo();
+  if (state.selected === i.id || state.command === i.id) loadNotified();
 }
 
 // ---- staleness ------------------------------------------------------------------------------
@@ -524,7 +525,9 @@ function select(incidentId) {
   const incident = state.incidents.get(incidentId);
   if (!incident) return;
   document.getElementById('camera-title').textContent = incident.title;
+  document.getElementById('notified-title').textContent = incident.title;
   showCameras(document.getElementById('camera-strip'), incident.camera_ids || []);
+  loadNotified();
   if (incident.lat !== null && chart) chart.setOption({geo: {center: [incident.lon, incident.lat], zoom: 4}});
   schedule('incidents');
 }
@@ -533,6 +536,21 @@ document.getElementById('incidents').addEventListener('click', (e) => {
   const li = e.target.closest('[data-incident]');
   if (li) select(li.dataset.incident);
 });
+
+// Who was notified of the selected (or commanding) incident, and whether they acknowledged:
+// loaded on selection, on each change of the incident, and every few seconds meanwhile.
+async function loadNotified() {
+  const id = state.command || state.selected;
+  if (!id) return;
+  try {
+    const html = notifiedHtml(await api(`/api/notifications?incident_id=${encodeURIComponent(id)}`));
+    document.getElementById('notified').innerHTML = html;
+    if (state.command === id) document.getElementById('command-notified').innerHTML = html;
+  } catch (e) {
+    document.getElementById('notified').innerHTML = `<div class="meta">${esc(explain(e))}</div>`;
+  }
+}
+setInterval(loadNotified, 5000);
 
 // ---- command mode ---------------------------------------------------------------------------
 

@@ -246,6 +246,10 @@ async def test_failures_are_retried_with_backoff_then_a_dead_letter(
             return found
 
         [dead] = await eventually(failed)
+        health = (await center.api.get("/api/health")).json()
+        assert health["components"]["notify"]["records"]["failed"] == 1
+        assert any("failed for good" in w for w in health["warnings"])
+        assert any("nobody is on duty for tier2, tier3" in w for w in health["warnings"])
         assert (dead["incident_id"], dead["attempts"]) == (incident["id"], 3)
         detail = (await center.api.get(f"/api/notifications/{dead['id']}")).json()
         assert [a["outcome"] for a in detail["attempt_log"]] == ["error", "error", "error"]

@@ -628,16 +628,17 @@ async def test_health_warns_when_the_official_calendar_runs_out(request: pytest.
         health = (await h.center.api.get("/api/health")).json()
         calendar = health["components"]["tickets"]["calendar"]
         assert (calendar["covered_until"], calendar["days_left"]) == ("2026-12-31", 38)
-        assert "calendar_holidays" in health["warnings"][0]
+        assert any("calendar_holidays" in w for w in health["warnings"])
         assert health["status"] == "ok", "a warning, not an outage"
     configured = {"calendar_holidays": ["2027-01-01"], "calendar_workdays": []}
     async with open_hotline(request, tmp_path / "b", "embedded", clock, **configured) as h:
         health = (await h.center.api.get("/api/health")).json()
         assert health["components"]["tickets"]["calendar"]["covered_until"] == "2027-12-31"
-        assert health["warnings"] == []
+        assert [w for w in health["warnings"] if "calendar" in w] == []
     clock.set(at("2026-06-01T10:00:00+08:00"))
     async with open_hotline(request, tmp_path / "c", "embedded", clock) as h:
-        assert (await h.center.api.get("/api/health")).json()["warnings"] == []
+        warnings = (await h.center.api.get("/api/health")).json()["warnings"]
+        assert [w for w in warnings if "calendar" in w] == []
 
 
 def cli(*args: str, database_url: str | None = None) -> subprocess.CompletedProcess[str]:

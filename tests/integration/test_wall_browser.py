@@ -27,6 +27,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from command_center.city import demo_city_path
 from kernel.events import CameraStatusChanged
+from tests.receivers import receiving
 from video_index.simulator import CameraSimulator
 
 from .conftest import Center, open_center
@@ -379,4 +380,28 @@ async def test_map_tiles_from_a_configured_server_lie_under_the_grids(
             "[...document.querySelectorAll('#map-tiles img')].every(i => i.complete && i.naturalWidth > 0)"
         )
         assert await assert_tile_under(page, gauge["lon"], gauge["lat"]) > z
+        assert errors == []
+
+
+async def test_the_wall_shows_who_was_notified_and_who_acknowledged(city: tuple[Center, str], browser: Browser) -> None:
+    center, base = city
+    async with receiving() as receiver:
+        people = [{"id": "wang", "name": "值班员王", "contacts": {"webhook": receiver.url("/hook/wang")}}]
+        patterns = [{"post": "tier1", "person_id": "wang", "days": "daily", "start": "00:00", "end": "00:00"}]
+        assert (await center.api.put("/api/duty", json={"people": people, "patterns": patterns})).status_code == 200
+        page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+        errors = watch_console(page)
+        await page.goto(f"{base}/#token={center.runtime.admin_token}")
+        await page.wait_for_selector("#link.up")
+        await level(center, "res-dingrong", 31.2)  # past the warning level (31.0): high
+        incident = page.locator("#incidents li.high")
+        await incident.wait_for(timeout=15_000)
+        await incident.first.click()
+        await page.locator('#notified .notified[data-person="wang"]', has_text="sent").wait_for(timeout=15_000)
+        assert "已确认" not in await page.inner_text("#notified")
+        [message] = await receiver.wait_for("/hook/wang")
+        ack = message.json()["ack_url"]
+        assert (await center.api.post("/ack/" + ack.rsplit("/ack/", 1)[1])).status_code == 200
+        await page.locator('#notified .notified.acked[data-person="wang"]').wait_for(timeout=15_000)
+        assert "已确认" in await page.inner_text("#notified")
         assert errors == []
