@@ -42,6 +42,7 @@ bench: system-deps $(STAMP)
 	$(BIN)/python -m bench.cameras
 	$(BIN)/python -m bench.tickets
 	$(BIN)/python -m bench.wall
+	$(BIN)/python -m bench.notify
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache

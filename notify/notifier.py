@@ -28,7 +28,7 @@ from kernel.clock import Clock
 from kernel.errors import StoreError
 from kernel.outbox import OutboxEntry
 
-from .adapters.notify_sql import Claimed, Grouping, Planned, SqlNotify
+from .adapters.notify_sql import Claimed, Finished, Grouping, Planned, SqlNotify
 from .adapters.senders import Delivery, DeliveryError, Sender
 from .domain.links import sign
 from .domain.messages import Message, render, render_digest
@@ -116,6 +116,10 @@ class Notifier:
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[str]] = set()
         self._config_checked = 0.0
+        # Ends of sends waiting to be recorded, written together (one transaction for a burst).
+        self._finished: list[tuple[Finished, asyncio.Future[str]]] = []
+        self._finished_ready = asyncio.Event()
+        self._recorder_idle = asyncio.Event()
         self.counts = {"expanded": 0, "made": 0, "sent": 0, "retried": 0, "failed": 0, "repeats": 0}
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -127,19 +131,33 @@ class Notifier:
             asyncio.create_task(self._loop(self._expand_once, self._expand_wake), name="notify-expand"),
             asyncio.create_task(self._loop(self._deliver_once, self._deliver_wake), name="notify-deliver"),
             asyncio.create_task(self._repeat_loop(), name="notify-repeat"),
+            asyncio.create_task(self._record_loop(), name="notify-record"),
         ]
         if self._wake_on is not None:
             self._tasks.append(asyncio.create_task(self._waker(self._wake_on), name="notify-wake"))
 
     async def stop(self) -> None:
+        recorder = self._tasks[3] if len(self._tasks) > 3 else None
         for task in self._tasks:
-            task.cancel()
+            if task is not recorder:
+                task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        # Sends under way finish or time out; an unfinished one is sent again after its lease.
+            if task is not recorder:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        # Sends under way finish or time out (and are recorded); an unfinished one is sent again
+        # after its lease.
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=self.opts.send_timeout_s + 1)
+        if recorder is not None:
+            # Every end of a send is written before the recorder stops.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    while self._finished or not self._recorder_idle.is_set():  # noqa: ASYNC110 - two conditions
+                        await asyncio.sleep(0.01)
+            recorder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder
 
     async def reload(self) -> None:
         self.config = await load_config(self.store)
@@ -289,12 +307,16 @@ class Notifier:
 
     async def _deliver_once(self) -> bool:
         free = self.opts.concurrency - len(self._inflight)
-        if free <= 0:
+        # Claim in batches: with sends under way, wait until a quarter of the slots are free
+        # rather than claiming one row per transaction as each send ends.
+        if self._inflight and free < max(1, self.opts.concurrency // 4):
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
             return True
         now = self._clock.now_ms()
         claimed = await self.store.claim(self.opts.worker, now, int(self.opts.lease_s * 1000), free)
         for c in claimed:
+            # The slot frees once the send's end is recorded: a worker killed at any moment has
+            # only its sends in flight unrecorded (at most `concurrency`), never a backlog.
             task = asyncio.create_task(self.deliver(c))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -333,6 +355,11 @@ class Notifier:
         return Message(str(row["title"]), tuple(row["lines"]), link)
 
     async def deliver(self, claimed: Claimed) -> str:
+        """Send one claimed notification and wait until its end is recorded: its status."""
+        return await (await self._send(claimed))
+
+    async def _send(self, claimed: Claimed) -> asyncio.Future[str]:
+        """Send one claimed notification; the future is its status once recorded."""
         row = claimed.row
         sender = self._senders.get(row["channel"])
         error: str | None = None
@@ -360,22 +387,46 @@ class Notifier:
         if error is not None and not permanent and row["attempts"] < self.opts.max_attempts:
             delay = min(self.opts.backoff_s * 2 ** (row["attempts"] - 1), self.opts.backoff_max_s)
             retry_at = now + int(delay * 1000)
-        for attempt in range(3):
-            try:
-                status = await self.store.finish(claimed, now, error, retry_at)
-                break
-            except StoreError:
-                if attempt == 2:
-                    raise
-                await asyncio.sleep(0.5)
-        key = {"sent": "sent", "pending": "retried", "failed": "failed"}.get(status)
-        if key:
-            self.counts[key] += 1
-        if status == "failed":
-            log.warning(
-                "notify: %s to %s by %s is a dead letter: %s", row["id"], row["person_id"], row["channel"], error
-            )
-        return status
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._finished.append((Finished(claimed, now, error, retry_at), done))
+        self._finished_ready.set()
+        return done
+
+    async def _record_loop(self) -> None:
+        """Write the ends of sends, all that have come in, in one transaction at a time."""
+        while True:
+            if not self._finished:
+                self._finished_ready.clear()
+                self._recorder_idle.set()
+                await self._finished_ready.wait()
+            self._recorder_idle.clear()
+            batch, self._finished = self._finished, []
+            for attempt in range(10):
+                try:
+                    statuses = await self.store.finish_many([f for f, _ in batch])
+                    break
+                except StoreError:
+                    if attempt == 9:
+                        log.exception("notify: cannot record %d deliveries; their leases will run out", len(batch))
+                        for _, done in batch:
+                            done.set_exception(StoreError("the delivery could not be recorded"))
+                        statuses = []
+                        break
+                    await asyncio.sleep(0.5)
+            for (finished, done), status in zip(batch, statuses, strict=False):
+                key = {"sent": "sent", "pending": "retried", "failed": "failed"}.get(status)
+                if key:
+                    self.counts[key] += 1
+                if status == "failed":
+                    row = finished.claimed.row
+                    log.warning(
+                        "notify: %s to %s by %s is a dead letter: %s",
+                        row["id"],
+                        row["person_id"],
+                        row["channel"],
+                        finished.error,
+                    )
+                done.set_result(status)
 
     async def test_send(self, person_id: str, channel: str, who: str) -> str | None:
         """Send a test message to one person on one channel now; the notification's id (None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import secrets
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -168,6 +171,53 @@ class Claimed:
     members: list[dict[str, Any]] = field(default_factory=list)  # a digest's grouped notifications
 
 
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """How one claimed send ended: sent (no error), to retry at `retry_at_ms`, or failed for good."""
+
+    claimed: Claimed
+    now_ms: int
+    error: str | None
+    retry_at_ms: int | None
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _digest_row(digest_id: str, p: Planned, not_before_ms: int, now_ms: int) -> dict[str, Any]:
+    """A digest: sent when the person's window has passed, listing what was grouped into it."""
+    return {
+        "id": digest_id,
+        "dedup": f"digest:{digest_id}",
+        "kind": "digest",
+        "event": "digest",
+        "person_id": p.person_id,
+        "person_name": p.person_name[:200],
+        "channel": p.channel,
+        "address": p.address[:500],
+        "post": p.post,
+        "incident_id": None,
+        "ticket_id": None,
+        "grid_id": None,
+        "title": "digest",
+        "lines": [],
+        "link_id": None,
+        "link_expires_ms": None,
+        "digest_id": None,
+        "status": PENDING,
+        "attempts": 0,
+        "not_before_ms": not_before_ms,
+        "lease_until_ms": None,
+        "lease_owner": None,
+        "created_at_ms": now_ms,
+        "sent_at_ms": None,
+        "last_error": None,
+        "acknowledged_at_ms": None,
+    }
+
+
 def new_notification_id() -> str:
     return "nt-" + secrets.token_hex(8)
 
@@ -181,6 +231,15 @@ class SqlNotify:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        # SQLite has one writer at a time and makes the others wait in its busy handler, which
+        # sleeps in steps of up to 100 ms: the notifier's loops (expand, claim, record) would
+        # queue there. They take turns on this lock instead. PostgreSQL locks rows; no lock.
+        self._lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with self._lock, self._engine.begin() as conn:
+            yield conn
 
     # ----- configuration ---------------------------------------------------------------
 
@@ -243,6 +302,10 @@ class SqlNotify:
         """Record the attempt's end: sent, retried at `retry_at_ms`, or failed for good (None)."""
         return await asyncio.to_thread(self._finish, claimed, now_ms, error, retry_at_ms)
 
+    async def finish_many(self, batch: Sequence[Finished]) -> builtins.list[str]:
+        """Record many attempts' ends in one transaction (the notifier's sends end in bursts)."""
+        return await asyncio.to_thread(self._finish_many, batch)
+
     async def next_due_ms(self) -> int | None:
         return await asyncio.to_thread(self._next_due_ms)
 
@@ -291,7 +354,7 @@ class SqlNotify:
 
     def _put_config(self, key: str, value: Any, who: str, now_ms: int) -> None:
         try:
-            with self._engine.begin() as conn:
+            with self._writing() as conn:
                 stmt = dialect_insert(conn, notify_config).values(
                     key=key, value=value, updated_at_ms=now_ms, updated_by=who
                 )
@@ -316,7 +379,7 @@ class SqlNotify:
 
     def _link_key(self) -> bytes:
         try:
-            with self._engine.begin() as conn:
+            with self._writing() as conn:
                 stmt = dialect_insert(conn, notify_config).values(
                     key="link_key", value=secrets.token_urlsafe(48), updated_at_ms=0, updated_by="system"
                 )
@@ -337,17 +400,16 @@ class SqlNotify:
         now_ms: int,
     ) -> tuple[int, int]:
         try:
-            with self._engine.begin() as conn:
+            with self._writing() as conn:
                 query = select(outbox).where(outbox.c.taken_at_ms.is_(None)).order_by(outbox.c.id).limit(limit)
                 if conn.dialect.name == "postgresql":
                     query = query.with_for_update(skip_locked=True)
                 entries = [entry_of(r) for r in conn.execute(query)]
                 if not entries:
                     return 0, 0
-                made = 0
+                planned = [p for entry in entries for p in plan(entry)]
+                made = len(self._add_batch(conn, planned, grouping, now_ms))
                 for entry in entries:
-                    for planned in plan(entry):
-                        made += self._add(conn, planned, grouping, now_ms) is not None
                     if entry.subject == "incident":
                         self._watch(conn, entry, watch(entry))
                 conn.execute(update(outbox).where(outbox.c.id.in_([e.id for e in entries])).values(taken_at_ms=now_ms))
@@ -385,106 +447,120 @@ class SqlNotify:
                 .values(next_round_at_ms=next_at_ms, **values)
             )
 
-    def _add(self, conn: Connection, p: Planned, grouping: Grouping | None, now_ms: int) -> str | None:
-        """Insert one planned notification (nothing if its dedup key exists); beyond the
-        person's rate on that channel it joins (or opens) a digest instead."""
-        if conn.execute(select(notifications.c.id).where(notifications.c.dedup == p.dedup)).first() is not None:
-            return None
-        notification_id = new_notification_id()
-        status, digest_id = PENDING, None
-        if grouping is not None and p.groupable:
-            since = now_ms - grouping.window_ms
-            recent = conn.execute(
-                select(func.count())
-                .select_from(notifications)
-                .where(
-                    notifications.c.person_id == p.person_id,
-                    notifications.c.channel == p.channel,
-                    notifications.c.created_at_ms >= since,
-                    notifications.c.status != GROUPED,
-                    notifications.c.kind != "digest",
-                )
-            ).scalar_one()
-            if recent >= grouping.max_per_window:
-                status = GROUPED
-                digest_id = self._open_digest(conn, p, grouping, now_ms)
-        values: dict[str, Any] = {
-            "id": notification_id,
-            "dedup": p.dedup[:200],
-            "kind": p.kind,
-            "event": p.event,
-            "person_id": p.person_id,
-            "person_name": p.person_name[:200],
-            "channel": p.channel,
-            "address": p.address[:500],
-            "post": p.post,
-            "incident_id": p.incident_id,
-            "ticket_id": p.ticket_id,
-            "grid_id": p.grid_id,
-            "title": p.title,
-            "lines": list(p.lines),
-            "link_id": None,
-            "digest_id": digest_id,
-            "status": status,
-            "attempts": 0,
-            "not_before_ms": p.not_before_ms,
-            "created_at_ms": now_ms,
+    def _add_batch(
+        self, conn: Connection, planned: Sequence[Planned], grouping: Grouping | None, now_ms: int
+    ) -> builtins.list[str]:
+        """Insert planned notifications (those whose dedup key exists are skipped) in a few
+        statements whatever their number; beyond a person's rate on a channel, a notification
+        joins (or opens) that person's digest instead. Returns the ids inserted."""
+        if not planned:
+            return []
+        c = notifications.c
+        keys = [p.dedup[:200] for p in planned]
+        existing = {
+            k for chunk in _chunks(keys, 500) for (k,) in conn.execute(select(c.dedup).where(c.dedup.in_(chunk)))
         }
-        if p.link_expires_ms is not None and p.incident_id is not None:
-            values["link_id"] = new_link_id()
-            values["link_expires_ms"] = p.link_expires_ms
-            conn.execute(
-                insert(ack_links).values(
-                    id=values["link_id"],
-                    notification_id=notification_id,
-                    incident_id=p.incident_id,
-                    person_id=p.person_id,
-                    expires_at_ms=p.link_expires_ms,
+        fresh: list[Planned] = []
+        for p, key in zip(planned, keys, strict=True):
+            if key not in existing:
+                existing.add(key)
+                fresh.append(p)
+        if not fresh:
+            return []
+        recent: dict[tuple[str, str], int] = {}
+        digests: dict[tuple[str, str], str] = {}
+        if grouping is not None:
+            people = sorted({p.person_id for p in fresh if p.groupable})
+            for chunk in _chunks(people, 500):
+                counted = conn.execute(
+                    select(c.person_id, c.channel, func.count())
+                    .where(
+                        c.person_id.in_(chunk),
+                        c.created_at_ms >= now_ms - grouping.window_ms,
+                        c.status != GROUPED,
+                        c.kind != "digest",
+                    )
+                    .group_by(c.person_id, c.channel)
                 )
+                recent.update({(person, channel): int(n) for person, channel, n in counted})
+                opened = conn.execute(
+                    select(c.id, c.person_id, c.channel).where(
+                        c.person_id.in_(chunk),
+                        c.kind == "digest",
+                        c.status == PENDING,
+                        c.attempts == 0,
+                        c.lease_until_ms.is_(None),
+                    )
+                )
+                digests.update({(person, channel): str(i) for i, person, channel in opened})
+        rows: list[dict[str, Any]] = []
+        links: list[dict[str, Any]] = []
+        for p in fresh:
+            notification_id = new_notification_id()
+            status, digest_id = PENDING, None
+            slot = (p.person_id, p.channel)
+            if grouping is not None and p.groupable:
+                if recent.get(slot, 0) >= grouping.max_per_window:
+                    status = GROUPED
+                    digest_id = digests.get(slot)
+                    if digest_id is None:
+                        digest_id = digests[slot] = new_notification_id()
+                        rows.append(_digest_row(digest_id, p, now_ms + grouping.window_ms, now_ms))
+                else:
+                    recent[slot] = recent.get(slot, 0) + 1
+            link_id = None
+            if p.link_expires_ms is not None and p.incident_id is not None:
+                link_id = new_link_id()
+                links.append(
+                    {
+                        "id": link_id,
+                        "notification_id": notification_id,
+                        "incident_id": p.incident_id,
+                        "person_id": p.person_id,
+                        "expires_at_ms": p.link_expires_ms,
+                        "used_at_ms": None,
+                        "used_by": None,
+                    }
+                )
+            rows.append(
+                {
+                    "id": notification_id,
+                    "dedup": p.dedup[:200],
+                    "kind": p.kind,
+                    "event": p.event,
+                    "person_id": p.person_id,
+                    "person_name": p.person_name[:200],
+                    "channel": p.channel,
+                    "address": p.address[:500],
+                    "post": p.post,
+                    "incident_id": p.incident_id,
+                    "ticket_id": p.ticket_id,
+                    "grid_id": p.grid_id,
+                    "title": p.title,
+                    "lines": list(p.lines),
+                    "link_id": link_id,
+                    "link_expires_ms": p.link_expires_ms if link_id else None,
+                    "digest_id": digest_id,
+                    "status": status,
+                    "attempts": 0,
+                    "not_before_ms": p.not_before_ms,
+                    "lease_until_ms": None,
+                    "lease_owner": None,
+                    "created_at_ms": now_ms,
+                    "sent_at_ms": None,
+                    "last_error": None,
+                    "acknowledged_at_ms": None,
+                }
             )
-        conn.execute(insert(notifications).values(**values))
-        return notification_id
-
-    @staticmethod
-    def _open_digest(conn: Connection, p: Planned, grouping: Grouping, now_ms: int) -> str:
-        found = conn.execute(
-            select(notifications.c.id).where(
-                notifications.c.person_id == p.person_id,
-                notifications.c.channel == p.channel,
-                notifications.c.kind == "digest",
-                notifications.c.status == PENDING,
-                notifications.c.attempts == 0,
-                notifications.c.lease_until_ms.is_(None),
-            )
-        ).first()
-        if found is not None:
-            return str(found.id)
-        digest_id = new_notification_id()
-        conn.execute(
-            insert(notifications).values(
-                id=digest_id,
-                dedup=f"digest:{digest_id}",
-                kind="digest",
-                event="digest",
-                person_id=p.person_id,
-                person_name=p.person_name[:200],
-                channel=p.channel,
-                address=p.address[:500],
-                post=p.post,
-                title="digest",
-                lines=[],
-                status=PENDING,
-                attempts=0,
-                not_before_ms=now_ms + grouping.window_ms,
-                created_at_ms=now_ms,
-            )
-        )
-        return digest_id
+        conn.execute(insert(notifications), rows)
+        if links:
+            conn.execute(insert(ack_links), links)
+        return [r["id"] for r in rows if r["kind"] != "digest"]
 
     def _add_many(self, planned: Sequence[Planned], grouping: Grouping | None, now_ms: int) -> builtins.list[str]:
         try:
-            with self._engine.begin() as conn:
-                return [i for i in (self._add(conn, p, grouping, now_ms) for p in planned) if i is not None]
+            with self._writing() as conn:
+                return self._add_batch(conn, planned, grouping, now_ms)
         except SQLAlchemyError as exc:
             raise _wrap("store notifications", exc) from exc
 
@@ -511,7 +587,7 @@ class SqlNotify:
         now_ms: int,
     ) -> int:
         try:
-            with self._engine.begin() as conn:
+            with self._writing() as conn:
                 moved = conn.execute(
                     update(incident_watch)
                     .where(incident_watch.c.incident_id == incident_id, incident_watch.c.rounds == rounds)
@@ -519,95 +595,133 @@ class SqlNotify:
                 )
                 if moved.rowcount != 1:
                     return 0
-                return sum(self._add(conn, p, grouping, now_ms) is not None for p in planned)
+                return len(self._add_batch(conn, planned, grouping, now_ms))
         except SQLAlchemyError as exc:
             raise _wrap("notify again", exc) from exc
 
     def _claim(
         self, worker: str, now_ms: int, lease_ms: int, limit: int, ids: tuple[str, ...]
     ) -> builtins.list[Claimed]:
+        # Few statements whatever the batch (one UPDATE ... RETURNING, one INSERT of many rows):
+        # the notifier's thread competes for the GIL with a busy event loop, and each statement
+        # is a chance to wait for it.
         c = notifications.c
+        free = [c.status == PENDING, or_(c.lease_until_ms.is_(None), c.lease_until_ms < now_ms)]
+        pick = select(c.id).where(*free, c.id.in_(ids) if ids else c.not_before_ms <= now_ms)
+        pick = pick.order_by(c.not_before_ms).limit(limit)
         try:
-            with self._engine.begin() as conn:
-                query = select(notifications).where(
-                    c.status == PENDING,
-                    or_(c.lease_until_ms.is_(None), c.lease_until_ms < now_ms),
-                )
-                query = query.where(c.id.in_(ids)) if ids else query.where(c.not_before_ms <= now_ms)
-                query = query.order_by(c.not_before_ms).limit(limit)
+            with self._writing() as conn:
                 if conn.dialect.name == "postgresql":
-                    query = query.with_for_update(skip_locked=True)
-                rows = [dict(r._mapping) for r in conn.execute(query)]
-                out: list[Claimed] = []
-                for row in rows:
-                    done = conn.execute(
+                    pick = pick.with_for_update(skip_locked=True)
+                # Picked (and row-locked on PostgreSQL) first, then leased by id: an UPDATE whose
+                # IN holds a LIMIT ... SKIP LOCKED subquery can be planned to run that subquery
+                # more than once, leasing more rows than asked.
+                picked = [i for (i,) in conn.execute(pick)]
+                if not picked:
+                    return []
+                rows = [
+                    dict(r._mapping)
+                    for r in conn.execute(
                         update(notifications)
-                        .where(
-                            c.id == row["id"],
-                            c.status == PENDING,
-                            or_(c.lease_until_ms.is_(None), c.lease_until_ms < now_ms),
-                        )
+                        .where(c.id.in_(picked), *free)
                         .values(lease_until_ms=now_ms + lease_ms, lease_owner=worker[:64], attempts=c.attempts + 1)
+                        .returning(*notifications.c)
                     )
-                    if done.rowcount != 1:
-                        continue  # SQLite: another process's claim came first
-                    row["attempts"] += 1
-                    attempt = conn.execute(
-                        insert(notification_attempts)
-                        .values(
-                            notification_id=row["id"],
-                            n=row["attempts"],
-                            worker=worker[:64],
-                            started_at_ms=now_ms,
-                            outcome="sending",
-                        )
-                        .returning(notification_attempts.c.id)
-                    ).scalar_one()
-                    claimed = Claimed(row, int(attempt))
-                    if row["kind"] == "digest":
+                ]
+                if not rows:
+                    return []
+                conn.execute(
+                    insert(notification_attempts),
+                    [
+                        {
+                            "notification_id": r["id"],
+                            "n": r["attempts"],
+                            "worker": worker[:64],
+                            "started_at_ms": now_ms,
+                            "outcome": "sending",
+                        }
+                        for r in rows
+                    ],
+                )
+                out = [Claimed(row, 0) for row in sorted(rows, key=lambda r: r["not_before_ms"])]
+                for claimed in out:
+                    if claimed.row["kind"] == "digest":
                         members = conn.execute(
-                            select(notifications).where(c.digest_id == row["id"]).order_by(c.created_at_ms)
+                            select(notifications).where(c.digest_id == claimed.row["id"]).order_by(c.created_at_ms)
                         )
                         claimed.members = [dict(m._mapping) for m in members]
-                    out.append(claimed)
                 return out
         except SQLAlchemyError as exc:
             raise _wrap("claim notifications", exc) from exc
 
     def _finish(self, claimed: Claimed, now_ms: int, error: str | None, retry_at_ms: int | None) -> str:
-        c = notifications.c
-        row = claimed.row
-        if error is None:
-            status, values = SENT, {"status": SENT, "sent_at_ms": now_ms, "last_error": None}
-        elif retry_at_ms is not None:
-            status, values = PENDING, {"not_before_ms": retry_at_ms, "last_error": error[:2000]}
-        else:
-            status, values = FAILED, {"status": FAILED, "last_error": error[:2000]}
+        return self._finish_many([Finished(claimed, now_ms, error, retry_at_ms)])[0]
+
+    def _finish_many(self, batch: Sequence[Finished]) -> builtins.list[str]:
+        """One executemany per kind of change, whatever the batch (see `_claim` on why)."""
+        a, c = notification_attempts.c, notifications.c
+        statuses: list[str] = []
+        attempts: list[dict[str, Any]] = []
+        by_status: dict[str, list[dict[str, Any]]] = {SENT: [], PENDING: [], FAILED: []}
+        digests: list[dict[str, Any]] = []
+        for f in batch:
+            row, error = f.claimed.row, f.error
+            status = SENT if error is None else PENDING if f.retry_at_ms is not None else FAILED
+            statuses.append(status)
+            attempts.append(
+                {
+                    "b_id": row["id"],
+                    "b_n": row["attempts"],
+                    "b_at": f.now_ms,
+                    "b_outcome": "sent" if error is None else "error",
+                    "b_error": None if error is None else error[:2000],
+                }
+            )
+            by_status[status].append(
+                {
+                    "b_id": row["id"],
+                    "b_n": row["attempts"],
+                    "b_at": f.now_ms,
+                    "b_retry": f.retry_at_ms,
+                    "b_error": None if error is None else error[:2000],
+                }
+            )
+            if status == SENT and row["kind"] == "digest":
+                digests.append({"b_id": row["id"], "b_at": f.now_ms})
+        mine = [c.id == bindparam("b_id"), c.attempts == bindparam("b_n")]  # only while the claim is ours
+        values: dict[str, dict[str, Any]] = {
+            SENT: {"status": SENT, "sent_at_ms": bindparam("b_at"), "last_error": None},
+            PENDING: {"not_before_ms": bindparam("b_retry"), "last_error": bindparam("b_error")},
+            FAILED: {"status": FAILED, "last_error": bindparam("b_error")},
+        }
         try:
-            with self._engine.begin() as conn:
+            with self._writing() as conn:
                 conn.execute(
                     update(notification_attempts)
-                    .where(notification_attempts.c.id == claimed.attempt_id)
+                    .where(a.notification_id == bindparam("b_id"), a.n == bindparam("b_n"))
                     .values(
-                        finished_at_ms=now_ms,
-                        outcome="sent" if error is None else "error",
-                        error=None if error is None else error[:2000],
+                        finished_at_ms=bindparam("b_at"), outcome=bindparam("b_outcome"), error=bindparam("b_error")
+                    ),
+                    attempts,
+                )
+                for status, params in by_status.items():
+                    if params:
+                        conn.execute(
+                            update(notifications)
+                            .where(*mine)
+                            .values(lease_until_ms=None, lease_owner=None, **values[status]),
+                            params,
+                        )
+                if digests:
+                    conn.execute(
+                        update(notifications)
+                        .where(c.digest_id == bindparam("b_id"))
+                        .values(sent_at_ms=bindparam("b_at")),
+                        digests,
                     )
-                )
-                # Only while the claim is ours: past its lease, another worker may have claimed it
-                # (its attempt then decides the notification's state).
-                done = conn.execute(
-                    update(notifications)
-                    .where(c.id == row["id"], c.attempts == row["attempts"])
-                    .values(lease_until_ms=None, lease_owner=None, **values)
-                )
-                if done.rowcount != 1:
-                    return "superseded"
-                if status == SENT and row["kind"] == "digest":
-                    conn.execute(update(notifications).where(c.digest_id == row["id"]).values(sent_at_ms=now_ms))
-                return status
         except SQLAlchemyError as exc:
             raise _wrap("record the delivery", exc) from exc
+        return statuses
 
     def _next_due_ms(self) -> int | None:
         try:
@@ -690,7 +804,7 @@ class SqlNotify:
 
     def _use_link(self, link_id: str, who: str, now_ms: int) -> bool:
         try:
-            with self._engine.begin() as conn:
+            with self._writing() as conn:
                 done = conn.execute(
                     update(ack_links)
                     .where(ack_links.c.id == link_id, ack_links.c.used_at_ms.is_(None))
@@ -707,7 +821,7 @@ class SqlNotify:
 
     def _purge(self, before_ms: int) -> int:
         try:
-            with self._engine.begin() as conn:
+            with self._writing() as conn:
                 done = conn.execute(delete(outbox).where(outbox.c.taken_at_ms < before_ms))
                 return int(done.rowcount or 0)
         except SQLAlchemyError as exc:

@@ -100,7 +100,10 @@ async def test_notifier_processes_share_the_work_and_a_kill_mid_send_loses_nothi
             ids = [r.headers["x-cityops-notification"] for r in receiver.received]
             counts = Counter(ids)
             assert len(counts) == total, "no notification lost"
-            assert {i for i, n in counts.items() if n > 1} == {hung_id}, "only the one in flight at the kill went twice"
+            attempts = await _rows(center, notification_attempts)
+            twice = {i for i, n in counts.items() if n > 1}
+            debug = [a for a in attempts if a["notification_id"] in twice][:12]
+            assert twice == {hung_id}, f"only the one in flight at the kill went twice: {debug}"
             assert counts[hung_id] == 2
             attempts = await _rows(center, notification_attempts)
             of_hung = sorted((a for a in attempts if a["notification_id"] == hung_id), key=lambda a: a["n"])
