@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import re
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -221,8 +224,6 @@ async def _settled(receiver: Receiver, path: str) -> bool:
 
 
 async def _yield(seconds: float = 1.5) -> None:
-    import asyncio
-
     await asyncio.sleep(seconds)
 
 
@@ -273,8 +274,6 @@ async def test_failures_are_retried_with_backoff_then_a_dead_letter(
 
 
 def _ms(iso: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(iso).timestamp() * 1000
 
 
@@ -335,11 +334,10 @@ async def test_quiet_hours_hold_a_high_incident_but_not_a_critical_one(
     async with open_center(request, tmp_path, "embedded", tickets=True, **FAST) as center:
         for device in ("res-a", "res-b"):
             await center.register({**GAUGE, "id": device})
-        # Quiet all day but one minute: whenever the test runs, it is quiet.
-        now = time.localtime()
-        start = time.strftime("%H:%M", time.localtime(time.time() + 120))
-        end = time.strftime("%H:%M", time.localtime(time.time() + 60))
-        del now
+        # Quiet all day but one minute, five minutes from now, in the city's zone.
+        city_now = datetime.now(ZoneInfo("Asia/Shanghai"))
+        start = (city_now + timedelta(minutes=6)).strftime("%H:%M")
+        end = (city_now + timedelta(minutes=5)).strftime("%H:%M")
         sleeper = person("wang", receiver, quiet_hours={"start": start, "end": end})
         await put_roster(center, {"people": [sleeper], "patterns": rota(("tier1", "wang"))})
         await level(center, 25.9, "res-a")  # high
