@@ -79,8 +79,19 @@ async def test_notifier_processes_share_the_work_and_a_kill_mid_send_loses_nothi
             receiver.hang["/hook/p07"] = 30
             for n in range(INCIDENTS):
                 await center.register({**GAUGE, "id": f"res-{n}", "lat": 19.93 + n / 1000})
-                body = {"ts": int(time.time() * 1000), "value": 26.0}
-                await center.sensor.publish(f"city/sensors/water_level/res-{n}", json.dumps(body))
+
+            async def all_open() -> bool:
+                # Published until each gauge has its incident: a reading that reaches the gateway
+                # before it has heard of a new device is refused (a dead letter), not held.
+                listed = (await center.api.get("/api/incidents", params={"status": "open"})).json()
+                opened = {d for i in listed for d in i["device_ids"]}
+                for n in range(INCIDENTS):
+                    if f"res-{n}" not in opened:
+                        body = {"ts": int(time.time() * 1000), "value": 26.0}
+                        await center.sensor.publish(f"city/sensors/water_level/res-{n}", json.dumps(body))
+                return len(opened) == INCIDENTS
+
+            await eventually(all_open, timeout_s=60, interval_s=0.5)
             [hung] = await receiver.wait_for("/hook/p07", 1, timeout_s=60)
             receiver.hang.pop("/hook/p07")
             hung_id = hung.headers["x-cityops-notification"]
