@@ -446,7 +446,9 @@ class Notifier:
             post=None,
             title="【测试】cityops 通知测试 (test)",
             lines=("【测试】cityops 通知测试 (test)", f"由 {who} 发送 (sent by {who})"),
-            not_before_ms=now,
+            # Not due for the delivery loop for a minute: this call sends it itself, now (a claim by
+            # id ignores the time); the loop takes it only if this call died before sending.
+            not_before_ms=now + 60_000,
             groupable=False,
         )
         [notification_id] = await self.store.add([planned], None, now)
