@@ -2,12 +2,14 @@
 
 `prime` creates its persistent session and leaves; `drain` reconnects and times how fast it
 empties what the broker kept for it, or receives what is published meanwhile. Prints JSON.
+`--parse` also decodes each payload with json.loads, the least any consumer of readings does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import threading
 import time
 
@@ -26,6 +28,7 @@ def main() -> None:
     parser.add_argument("--client-id", default="bench-bare")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1")
+    parser.add_argument("--parse", action="store_true", help="json.loads each payload (the least a consumer does)")
     args = parser.parse_args()
 
     done = threading.Event()
@@ -38,7 +41,9 @@ def main() -> None:
     def on_subscribe(*_: object) -> None:
         subscribed.set()
 
-    def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
+    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        if args.parse:
+            json.loads(m.payload)
         now = time.perf_counter()
         if state["count"] == 0:
             state["first"] = now
@@ -72,12 +77,15 @@ def main() -> None:
     client.disconnect()
     client.loop_stop()
     span = state["last"] - state["first"]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
         json.dumps(
             {
                 "received": state["count"],
                 "seconds": span,
                 "rate": (state["count"] - 1) / span if span > 0 else 0.0,
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+                "rss_mib": usage.ru_maxrss / 1024,
             }
         ),
         flush=True,

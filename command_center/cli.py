@@ -12,11 +12,13 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from kernel.clock import SystemClock
 from kernel.errors import CityOpsError, ConfigError
@@ -204,6 +206,17 @@ async def _serve(settings: Settings, *, ingest: bool = True) -> None:
         if cameras is not None:
             await cameras.stop()
         log.info("stopped cleanly")
+
+
+def _run_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived process on uvloop (by default): socket reads and callbacks cost less.
+
+    `event_loop = "asyncio"` keeps the standard loop (bench/peers measures both).
+    """
+    if settings.event_loop == "asyncio":
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
@@ -395,15 +408,15 @@ def main(argv: list[str] | None = None) -> int:
 
             return import_cameras(settings, args.file, args.url, args.token)
         if args.command == "gateway":
-            asyncio.run(_gateway_only(settings, args.health_port))
+            _run_loop(settings, _gateway_only(settings, args.health_port))
         elif args.command == "rules":
-            asyncio.run(_rules_only(settings, args.health_port))
+            _run_loop(settings, _rules_only(settings, args.health_port))
         elif args.command == "prober":
-            asyncio.run(_prober_only(settings, args.health_port))
+            _run_loop(settings, _prober_only(settings, args.health_port))
         elif args.command == "notifier":
-            asyncio.run(_notifier_only(settings, args.health_port))
+            _run_loop(settings, _notifier_only(settings, args.health_port))
         else:
-            asyncio.run(_serve(settings, ingest=args.command == "run"))
+            _run_loop(settings, _serve(settings, ingest=args.command == "run"))
     except CityOpsError as exc:
         print(f"cityops: {redact_text(str(exc))}", file=sys.stderr)
         return 2

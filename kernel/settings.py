@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
 
     # Embedded broker port; unused when mqtt_url is set.
+    # The event loop of the long-lived processes: uvloop, or the standard one (to compare, or to debug).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     mqtt_port: int = Field(default=1883, ge=0, le=65535)
     mqtt_url: str | None = None
     mqtt_client_id: str = "cityops-gateway"

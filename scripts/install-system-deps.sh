@@ -36,6 +36,10 @@ command -v rtsp-server-perl >/dev/null 2>&1 || need+=(rtsp-server-perl)
 # which Chinese renders as boxes in the screenshots.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fc-list 2>/dev/null | grep -qi 'Noto Sans CJK' || need+=(fonts-noto-cjk)
+# The benchmarks: wrk drives the API (bench/api); nodejs and npm run Node-RED, the peer of bench/peers.
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
