@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -60,7 +60,22 @@ def _sample_json(sample: Sample) -> dict[str, Any]:
 
 
 def _device_json(device: Device) -> dict[str, Any]:
-    return dataclasses.asdict(device)
+    # By hand, not dataclasses.asdict: that deep-copies, a tenth of a device read under load.
+    return {
+        "id": device.id,
+        "kind": device.kind,
+        "name": device.name,
+        "lat": device.lat,
+        "lon": device.lon,
+        "grid_id": device.grid_id,
+        "attributes": device.attributes,
+    }
+
+
+def _json(body: Any) -> Response:
+    """A JSON answer serialized once by orjson: the hot read routes skip FastAPI's re-validation of
+    a plain dict against `dict[str, Any]` (the same bytes, a fifth of the cost)."""
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _bad(loc: tuple[str | int, ...], message: str, kind: str = "value_error") -> RequestValidationError:
@@ -81,7 +96,10 @@ def build_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="cityops command center", version="0.1.0")
     clock = runtime.clock
 
-    async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+    async def principal(request: Request) -> Principal:
+        # The header read straight from the request: FastAPI's Header() parameter machinery cost
+        # a third of a device read under load (bench/api); the check itself is the same.
+        authorization = request.headers.get("authorization")
         if not authorization or not authorization.lower().startswith("bearer "):
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
         found = await runtime.tokens.lookup(authorization[7:].strip(), clock.now_ms())
@@ -108,6 +126,38 @@ def build_app(runtime: Runtime) -> FastAPI:
     async def _store_down(_request: Request, exc: StoreError) -> JSONResponse:
         log.error("store error answering a request: %s", exc)
         return JSONResponse({"detail": f"a backing store failed: {redact_text(str(exc))}"}, status_code=503)
+
+    # The device reads first: routes are matched in order, and these are what consoles poll most.
+    @api.get("/devices", dependencies=[anyone])
+    async def list_devices(
+        kind: Annotated[str | None, Query(pattern="^(water_level|smoke|gas|vehicle)$")] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> Response:
+        found = await runtime.devices.list(kind, limit, offset)
+        return _json([_device_json(d) for d in found])
+
+    async def _device_or_404(device_id: str) -> Device:
+        device = await runtime.devices.get(device_id)
+        if device is None:
+            raise HTTPException(404, f"no device {device_id!r}")
+        return device
+
+    @api.get("/devices/{device_id}", dependencies=[anyone])
+    async def get_device(device_id: str) -> Response:
+        device = await _device_or_404(device_id)
+        entry = await runtime.live.get(device_id)
+        latest = entry.sample
+        if latest is None:
+            # After a restart the in-memory live state is empty; the history still knows.
+            latest = await runtime.series.latest(device_id, device.kind)
+        interval = expected_interval_s(device.kind, device.attributes)
+        out = _device_json(device)
+        out["latest"] = None if latest is None else _sample_json(latest)
+        out["stale"] = is_stale(None if latest is None else latest.ts_ms, interval, clock.now_ms())
+        out["expected_interval_s"] = interval
+        out["status"] = None if entry.status is None else entry.status.status
+        return _json(out)
 
     @api.get("/health")
     async def health() -> dict[str, Any]:
@@ -207,37 +257,6 @@ def build_app(runtime: Runtime) -> FastAPI:
             raise HTTPException(404, f"no device {device_id!r}")
         await _announce(DeviceChanged(device_id, "removed", clock.now_ms()))
         return Response(status_code=204)
-
-    @api.get("/devices", dependencies=[anyone])
-    async def list_devices(
-        kind: Annotated[str | None, Query(pattern="^(water_level|smoke|gas|vehicle)$")] = None,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-        offset: Annotated[int, Query(ge=0)] = 0,
-    ) -> list[dict[str, Any]]:
-        found = await runtime.devices.list(kind, limit, offset)
-        return [_device_json(d) for d in found]
-
-    async def _device_or_404(device_id: str) -> Device:
-        device = await runtime.devices.get(device_id)
-        if device is None:
-            raise HTTPException(404, f"no device {device_id!r}")
-        return device
-
-    @api.get("/devices/{device_id}", dependencies=[anyone])
-    async def get_device(device_id: str) -> dict[str, Any]:
-        device = await _device_or_404(device_id)
-        entry = await runtime.live.get(device_id)
-        latest = entry.sample
-        if latest is None:
-            # After a restart the in-memory live state is empty; the history still knows.
-            latest = await runtime.series.latest(device_id, device.kind)
-        interval = expected_interval_s(device.kind, device.attributes)
-        out = _device_json(device)
-        out["latest"] = None if latest is None else _sample_json(latest)
-        out["stale"] = is_stale(None if latest is None else latest.ts_ms, interval, clock.now_ms())
-        out["expected_interval_s"] = interval
-        out["status"] = None if entry.status is None else entry.status.status
-        return out
 
     @api.get("/devices/{device_id}/readings", dependencies=[anyone])
     async def readings(

@@ -27,6 +27,7 @@ from iot_gateway.adapters.broker_amqtt import EmbeddedBroker
 from iot_gateway.adapters.live_memory import MemoryLive
 from iot_gateway.adapters.live_redis import RedisLive
 from iot_gateway.adapters.mqtt_paho import MqttTarget, PahoIngress, parse_mqtt_url, subscription_topics
+from iot_gateway.adapters.records_cached import CachedDevices
 from iot_gateway.adapters.records_sql import SqlDeadLetters, SqlDevices
 from iot_gateway.adapters.series_influx import InfluxSeries
 from iot_gateway.adapters.series_sqlite import SqliteSeries
@@ -98,7 +99,7 @@ class Runtime:
     settings: Settings
     clock: Clock
     engine: Engine
-    devices: SqlDevices
+    devices: CachedDevices
     dead_letters: SqlDeadLetters
     tokens: TokenStore
     incidents: SqlIncidents
@@ -445,7 +446,12 @@ async def start_runtime(
         await asyncio.to_thread(migrate, engine)
     else:
         await asyncio.to_thread(require_current, engine)
-    devices, dead, tokens = SqlDevices(engine), SqlDeadLetters(engine), TokenStore(engine)
+    devices, dead, tokens = (
+        CachedDevices(SqlDevices(engine), settings.registry_refresh_s),
+        SqlDeadLetters(engine),
+        TokenStore(engine),
+    )
+    await devices.load()
     # `is not None`: an empty SecretStr is falsy, and an empty token must be refused, not ignored.
     admin_secret = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
     admin = await tokens.ensure_admin(settings.data_dir / "admin.token", admin_secret, clock.now_ms())
@@ -466,6 +472,7 @@ async def start_runtime(
         admin,
         city,
     )
+    devices.follow(runtime.bus)
     runtime.cameras = CameraCatalog(SqlCameras(engine), runtime.bus, clock)
     await runtime.cameras.start()
     runtime.snapshots = make_snapshots(settings)
@@ -548,6 +555,7 @@ async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -
         await _bounded(runtime.snapshots.close(), "snapshots.close")
     if runtime.live_views is not None:
         await _bounded(runtime.live_views.close(), "live_views.close")
+    await runtime.devices.stop()
     await runtime.series.close()
     await runtime.live.close()
     await runtime.bus.close()

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535)
+    # One log line per HTTP request (uvicorn's access log); off by default, see cli._uvicorn_config.
+    http_access_log: bool = False
 
     # Embedded broker port; unused when mqtt_url is set.
     # The event loop of the long-lived processes: uvloop, or the standard one (to compare, or to debug).

@@ -160,6 +160,8 @@ def test_no_password_or_token_reaches_health_errors_or_logs(
         "CITYOPS_DATABASE_URL": db.replace("postgres@", f"postgres:{secret}-pg@"),
         "CITYOPS_MQTT_CLIENT_ID": "gw-secrets",
         "CITYOPS_SHUTDOWN_WRITE_TIMEOUT_S": "2",  # InfluxDB refuses us to the end: stop without waiting 30 s
+        # Off by default (it costs under load); on here, where its redaction is the point.
+        "CITYOPS_HTTP_ACCESS_LOG": "true",
     }
     data, port = tmp_path / "data", servers.free_port()
     log_path = tmp_path / "cityops.log"
