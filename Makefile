@@ -43,6 +43,8 @@ bench: system-deps $(STAMP)
 	$(BIN)/python -m bench.tickets
 	$(BIN)/python -m bench.wall
 	$(BIN)/python -m bench.notify
+	$(BIN)/python -m bench.peers
+	$(BIN)/python -m bench.api
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache

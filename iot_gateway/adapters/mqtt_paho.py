@@ -221,6 +221,8 @@ class BulkReadClient(mqtt.Client):
                                 break
                             shift += 7
                         at += props
+                    if at > end:  # the headers run past the packet: a broken broker or stream
+                        return MQTTErrorCode.MQTT_ERR_PROTOCOL
                     try:
                         topic = raw_topic.decode("utf-8")
                     except UnicodeDecodeError:
