@@ -117,6 +117,24 @@ READ_CHUNK = 256 * 1024
 PublishHandler = Callable[[str, bytes, int, int], None]
 
 
+def _varint(buf: bytearray, i: int, stop: int) -> tuple[int, int] | None:
+    """MQTT's variable byte integer at `i`: (value, index after it), None if it runs to `stop`.
+
+    Raises ValueError past 4 bytes, as the protocol allows no more."""
+    value = 0
+    shift = 0
+    while i < stop:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+        if shift > 21:
+            raise ValueError("variable byte integer longer than 4 bytes")
+    return None
+
+
 class BulkReadClient(mqtt.Client):
     """paho with a bulk read path for incoming PUBLISH packets: the gateway's hot loop.
 
@@ -147,23 +165,11 @@ class BulkReadClient(mqtt.Client):
     def _frame_end(self, pos: int) -> tuple[int, int] | None:
         """(start of the variable header, end) of the packet at `pos`, or None if incomplete."""
         buf = self._rbuf
-        size = len(buf)
-        i = pos + 1
-        length = 0
-        shift = 0
-        while True:
-            if i >= size:
-                return None
-            byte = buf[i]
-            i += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-            if shift > 21:
-                raise ValueError("remaining length longer than 4 bytes")
-        end = i + length
-        return (i, end) if end <= size else None
+        length = _varint(buf, pos + 1, len(buf))
+        if length is None:
+            return None
+        end = length[1] + length[0]
+        return (length[1], end) if end <= len(buf) else None
 
     def _packet_read(self) -> MQTTErrorCode:
         if self._rsock is not self._sock:  # a new connection: nothing of the old one is valid
@@ -211,16 +217,10 @@ class BulkReadClient(mqtt.Client):
                         mid = (buf[at] << 8) | buf[at + 1]
                         at += 2
                     if v5:  # skip the properties (no topic aliases: we never allow the broker any)
-                        props = 0
-                        shift = 0
-                        while True:
-                            byte = buf[at]
-                            at += 1
-                            props |= (byte & 0x7F) << shift
-                            if byte < 0x80:
-                                break
-                            shift += 7
-                        at += props
+                        props = _varint(buf, at, end)
+                        if props is None:
+                            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+                        at = props[1] + props[0]
                     if at > end:  # the headers run past the packet: a broken broker or stream
                         return MQTTErrorCode.MQTT_ERR_PROTOCOL
                     try:
@@ -245,7 +245,7 @@ class BulkReadClient(mqtt.Client):
                         self._in_packet["packet"] = bytearray()
                     if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not self._rsock:
                         break
-        except IndexError:  # a PUBLISH shorter than its own header says
+        except (IndexError, ValueError):  # a PUBLISH shorter than its own header says, or a bad length
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
         finally:
             del buf[:pos]

@@ -125,3 +125,26 @@ def test_headers_running_past_their_packet_are_a_protocol_error_even_with_more_b
     finally:
         ours.close()
         broker.close()
+
+
+@pytest.mark.parametrize(
+    "props",
+    [b"\x7f", b"\x80", b"\xff\xff\xff\xff\x01"],
+    ids=["longer than the packet", "length cut off by the packet's end", "length of 5 bytes"],
+)
+def test_v5_properties_running_past_their_packet_are_a_protocol_error(props: bytes) -> None:
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client = BulkReadClient(CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5)
+    client._sock = ours
+    got: list[str] = []
+    client.publish_handler = lambda topic, *_: got.append(topic)
+    try:
+        # The property length is the packet's last bytes: it claims more than is left, or is too long to be one.
+        body = struct.pack(">H", 3) + b"t/x" + struct.pack(">H", 1) + props
+        broker.sendall(bytes([0x32]) + _varint(len(body)) + body + publish("t/ok", b"x", 0, 0, True))
+        assert client._packet_read() == MQTTErrorCode.MQTT_ERR_PROTOCOL
+        assert got == []
+    finally:
+        ours.close()
+        broker.close()
