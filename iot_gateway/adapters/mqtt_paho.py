@@ -30,6 +30,7 @@ from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from iot_gateway.adapters.mqtt_frames import PacketBuffer, PublishHandler
 from kernel.errors import ConfigError
 from kernel.redact import redact_url
 
@@ -114,25 +115,6 @@ def new_client(
 
 # The most bytes taken from the socket in one read: a few thousand readings.
 READ_CHUNK = 256 * 1024
-PublishHandler = Callable[[str, bytes, int, int], None]
-
-
-def _varint(buf: bytearray, i: int, stop: int) -> tuple[int, int] | None:
-    """MQTT's variable byte integer at `i`: (value, index after it), None if it runs to `stop`.
-
-    Raises ValueError past 4 bytes, as the protocol allows no more."""
-    value = 0
-    shift = 0
-    while i < stop:
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
-        if shift > 21:
-            raise ValueError("variable byte integer longer than 4 bytes")
-    return None
 
 
 class BulkReadClient(mqtt.Client):
@@ -155,27 +137,18 @@ class BulkReadClient(mqtt.Client):
         # Handling stops early while this is true (the gateway's backpressure); the rest waits here.
         self.hold: Callable[[], bool] = lambda: False
         self.burst = 256
-        self._rbuf = bytearray()
+        self._frames = PacketBuffer()
         self._rsock: Any = None
 
     def has_frame(self) -> bool:
         """A whole packet waits in the buffer (it needs no socket event to be handled)."""
-        return self._frame_end(0) is not None
-
-    def _frame_end(self, pos: int) -> tuple[int, int] | None:
-        """(start of the variable header, end) of the packet at `pos`, or None if incomplete."""
-        buf = self._rbuf
-        length = _varint(buf, pos + 1, len(buf))
-        if length is None:
-            return None
-        end = length[1] + length[0]
-        return (length[1], end) if end <= len(buf) else None
+        return self._frames.has_frame()
 
     def _packet_read(self) -> MQTTErrorCode:
         if self._rsock is not self._sock:  # a new connection: nothing of the old one is valid
-            self._rbuf.clear()
+            self._frames.clear()
             self._rsock = self._sock
-        if not self.has_frame():
+        if not self._frames.has_frame():
             try:
                 data = self._sock_recv(READ_CHUNK)
             except BlockingIOError:
@@ -185,70 +158,33 @@ class BulkReadClient(mqtt.Client):
                 return MQTTErrorCode.MQTT_ERR_CONN_LOST
             if not data:
                 return MQTTErrorCode.MQTT_ERR_CONN_LOST
-            self._rbuf += data
+            self._frames.feed(data)
             with self._msgtime_mutex:
                 self._last_bytes_received = time.monotonic()
-        return self._handle_frames()
+        hold = self.hold
+        sock = self._sock
+        return self._frames.handle(
+            self._protocol == mqtt.MQTTv5,
+            self.publish_handler,
+            self._paho_packet,
+            # Also stop once paho's handling closed or replaced the connection.
+            lambda: hold() or self._sock is not sock,
+            self.burst,
+        )
 
-    def _handle_frames(self) -> MQTTErrorCode:
-        buf = self._rbuf
-        v5 = self._protocol == mqtt.MQTTv5
-        handler = self.publish_handler
-        pos = 0
-        handled = 0
-        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+    def _paho_packet(self, header: int, packet: bytearray) -> MQTTErrorCode:
+        """Any packet but a QoS 0/1 PUBLISH, through paho's own handling."""
+        self._in_packet["command"] = header
+        self._in_packet["packet"] = packet
+        self._in_packet["pos"] = 0
         try:
-            while handled < self.burst and not self.hold():
-                try:
-                    frame = self._frame_end(pos)
-                except ValueError:
-                    return MQTTErrorCode.MQTT_ERR_PROTOCOL
-                if frame is None:
-                    break
-                start, end = frame
-                header = buf[pos]
-                qos = (header >> 1) & 3
-                topic_len = (buf[start] << 8) | buf[start + 1] if end - start >= 2 else 0
-                if header & 0xF0 == 0x30 and qos < 2 and topic_len:
-                    at = start + 2 + topic_len
-                    raw_topic = bytes(buf[start + 2 : at])
-                    mid = 0
-                    if qos:
-                        mid = (buf[at] << 8) | buf[at + 1]
-                        at += 2
-                    if v5:  # skip the properties (no topic aliases: we never allow the broker any)
-                        props = _varint(buf, at, end)
-                        if props is None:
-                            return MQTTErrorCode.MQTT_ERR_PROTOCOL
-                        at = props[1] + props[0]
-                    if at > end:  # the headers run past the packet: a broken broker or stream
-                        return MQTTErrorCode.MQTT_ERR_PROTOCOL
-                    try:
-                        topic = raw_topic.decode("utf-8")
-                    except UnicodeDecodeError:
-                        topic = raw_topic.decode("utf-8", errors="replace")
-                    pos = end
-                    handled += 1
-                    handler(topic, bytes(buf[at:end]), qos, mid)
-                else:
-                    self._in_packet["command"] = header
-                    self._in_packet["packet"] = bytearray(buf[start:end])
-                    self._in_packet["pos"] = 0
-                    pos = end
-                    try:
-                        rc = self._packet_handle()
-                    except MalformedPacket as exc:
-                        log.warning("malformed MQTT packet from the broker: %s", exc)
-                        rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-                    finally:
-                        self._in_packet["command"] = 0
-                        self._in_packet["packet"] = bytearray()
-                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not self._rsock:
-                        break
-        except (IndexError, ValueError):  # a PUBLISH shorter than its own header says, or a bad length
-            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+            rc: MQTTErrorCode = self._packet_handle()
+        except MalformedPacket as exc:
+            log.warning("malformed MQTT packet from the broker: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
         finally:
-            del buf[:pos]
+            self._in_packet["command"] = 0
+            self._in_packet["packet"] = bytearray()
         return rc
 
 
