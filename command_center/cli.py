@@ -239,7 +239,7 @@ def _uvicorn_config(app: Any, host: str, port: int, access_log: bool) -> uvicorn
 
 
 async def _gateway_only(settings: Settings, health_port: int | None) -> None:
-    runtime = await start_runtime(settings, SystemClock())
+    runtime = await start_runtime(settings, SystemClock(), cache_devices=False)
     _settle_memory()
     try:
         await _serve_until_stopped(runtime, settings, health_port)
@@ -296,7 +296,7 @@ def _migrate(settings: Settings) -> int:
 async def _rules_only(settings: Settings, health_port: int | None) -> None:
     if not settings.redis_url:
         raise ConfigError("`cityops rules` reads the Redis bus: set CITYOPS_REDIS_URL (or use `cityops run`)")
-    runtime = await start_runtime(settings, SystemClock(), ingest=False, rules=True)
+    runtime = await start_runtime(settings, SystemClock(), ingest=False, rules=True, cache_devices=False)
     _settle_memory()
     try:
         await _serve_until_stopped(runtime, settings, health_port)
@@ -309,7 +309,7 @@ async def _rules_only(settings: Settings, health_port: int | None) -> None:
 async def _prober_only(settings: Settings, health_port: int | None) -> None:
     if not settings.redis_url:
         raise ConfigError("`cityops prober` shares the cameras over the Redis bus: set CITYOPS_REDIS_URL")
-    runtime = await start_runtime(settings, SystemClock(), ingest=False, watch=True)
+    runtime = await start_runtime(settings, SystemClock(), ingest=False, watch=True, cache_devices=False)
     try:
         await _serve_until_stopped(runtime, settings, health_port)
     finally:
@@ -319,7 +319,7 @@ async def _prober_only(settings: Settings, health_port: int | None) -> None:
 
 
 async def _notifier_only(settings: Settings, health_port: int | None) -> None:
-    runtime = await start_runtime(settings, SystemClock(), ingest=False)
+    runtime = await start_runtime(settings, SystemClock(), ingest=False, cache_devices=False)
     try:
         await start_notifier(runtime)
         await _serve_until_stopped(runtime, settings, health_port)

@@ -37,7 +37,7 @@ from kernel.bus_redis import RedisBus
 from kernel.clock import Clock
 from kernel.db import database_url, make_engine
 from kernel.events import INCIDENT_CHANGED, TICKET_CHANGED
-from kernel.ports import Bus, LiveState, LiveSubscription, TimeSeries
+from kernel.ports import Bus, DeviceRegistry, LiveState, LiveSubscription, TimeSeries
 from kernel.settings import Settings
 from notify.adapters.notify_sql import SqlNotify
 from notify.adapters.senders import senders
@@ -99,7 +99,7 @@ class Runtime:
     settings: Settings
     clock: Clock
     engine: Engine
-    devices: CachedDevices
+    devices: DeviceRegistry
     dead_letters: SqlDeadLetters
     tokens: TokenStore
     incidents: SqlIncidents
@@ -432,6 +432,7 @@ async def start_runtime(
     migrate_schema: bool = False,
     watch: bool = False,
     tickets: bool = False,
+    cache_devices: bool = True,
 ) -> Runtime:
     """Open stores, load the city, start the broker (embedded), the gateway and the rules engine.
 
@@ -439,6 +440,10 @@ async def start_runtime(
     database must be current already (`cityops migrate` ran), or this refuses to start.
     `rules`: run the rules engine in this process.
     `tickets`: run the ticket desk, its scheduler and the incident-to-ticket policy (API processes).
+    `cache_devices`: hold the whole device registry in memory, for the API's device reads. A
+    process that answers none (`cityops gateway`, `rules`, `prober`, `notifier`) reads the records
+    instead: the copy costs ~1 KiB per device and a full reload every `registry_refresh_s`
+    (1.1 s of CPU with 100,000 devices), which the gateway's hot loop would share its core with.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(database_url(settings.database_url, settings.data_dir))
@@ -446,12 +451,12 @@ async def start_runtime(
         await asyncio.to_thread(migrate, engine)
     else:
         await asyncio.to_thread(require_current, engine)
-    devices, dead, tokens = (
-        CachedDevices(SqlDevices(engine), settings.registry_refresh_s),
-        SqlDeadLetters(engine),
-        TokenStore(engine),
-    )
-    await devices.load()
+    records: SqlDevices = SqlDevices(engine)
+    devices: DeviceRegistry = records
+    if cache_devices:
+        devices = cached = CachedDevices(records, settings.registry_refresh_s)
+        await cached.load()
+    dead, tokens = SqlDeadLetters(engine), TokenStore(engine)
     # `is not None`: an empty SecretStr is falsy, and an empty token must be refused, not ignored.
     admin_secret = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
     admin = await tokens.ensure_admin(settings.data_dir / "admin.token", admin_secret, clock.now_ms())
@@ -472,7 +477,8 @@ async def start_runtime(
         admin,
         city,
     )
-    devices.follow(runtime.bus)
+    if isinstance(devices, CachedDevices):
+        devices.follow(runtime.bus)
     runtime.cameras = CameraCatalog(SqlCameras(engine), runtime.bus, clock)
     await runtime.cameras.start()
     runtime.snapshots = make_snapshots(settings)
@@ -555,7 +561,8 @@ async def stop_runtime(runtime: Runtime, write_timeout_s: float | None = None) -
         await _bounded(runtime.snapshots.close(), "snapshots.close")
     if runtime.live_views is not None:
         await _bounded(runtime.live_views.close(), "live_views.close")
-    await runtime.devices.stop()
+    if isinstance(runtime.devices, CachedDevices):
+        await runtime.devices.stop()
     await runtime.series.close()
     await runtime.live.close()
     await runtime.bus.close()
