@@ -144,13 +144,13 @@ class SettableClock:
     """The wall clock moved to a chosen time (and on by hand): time keeps flowing from there."""
 
     def __init__(self, now_ms: int | None = None) -> None:
-        self._offset_ms = 0 if now_ms is None else now_ms - time.time_ns() // 1_000_000
+        self.offset_ms = 0 if now_ms is None else now_ms - time.time_ns() // 1_000_000
 
     def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000 + self._offset_ms
+        return time.time_ns() // 1_000_000 + self.offset_ms
 
     def set(self, now_ms: int) -> None:
-        self._offset_ms = now_ms - time.time_ns() // 1_000_000
+        self.offset_ms = now_ms - time.time_ns() // 1_000_000
 
     def advance(self, seconds: float) -> None:
-        self._offset_ms += int(seconds * 1000)
+        self.offset_ms += int(seconds * 1000)

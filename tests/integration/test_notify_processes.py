@@ -37,7 +37,7 @@ def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 async def _rows(center: Center, table: Any) -> list[dict[str, Any]]:
     def read() -> list[dict[str, Any]]:
         with center.runtime.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(select(table))]
+            return [dict(row) for row in conn.execute(select(table)).mappings()]
 
     import asyncio
 
